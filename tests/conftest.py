@@ -12,3 +12,50 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip(f"real data not found at {path} (see the project's shared data README)")
     return path
+
+
+@pytest.fixture(scope="session")
+def artemis_subset(shared_data, tmp_path_factory):
+    """(csv, images): the first 300 paintings of artemis-mini, real rows and real images, small enough
+    that feature extraction and training take seconds."""
+    import csv
+
+    source = shared_data / "artemis-mini" / "artemis_mini.csv"
+    out = tmp_path_factory.mktemp("artemis-subset") / "subset.csv"
+    with open(source, newline="", encoding="utf-8") as f_in, open(out, "w", newline="", encoding="utf-8") as f_out:
+        reader = csv.DictReader(f_in)
+        writer = csv.DictWriter(f_out, reader.fieldnames)
+        writer.writeheader()
+        paintings = set()
+        for row in reader:
+            paintings.add(row["painting"])
+            if len(paintings) > 300:
+                break
+            writer.writerow(row)
+    return out, shared_data / "artemis-mini" / "wikiart"
+
+
+@pytest.fixture(scope="session")
+def feature_cache_dir(tmp_path_factory):
+    """One feature cache for the whole test session (extraction happens once)."""
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+def tiny_config(artemis_subset, feature_cache_dir, out, **overrides):
+    """A training config on the subset that runs in seconds."""
+    from artcap.config import TrainConfig
+
+    csv_path, images = artemis_subset
+    values = dict(data=str(csv_path), images=str(images), feature_cache=str(feature_cache_dir), epochs=3,
+                  batch_size=32, out=str(out), num_workers=0, embed_dim=64, hidden_dim=64)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(artemis_subset, feature_cache_dir, tmp_path_factory):
+    """A real trained run folder (3 epochs on the subset), shared by the tests that need a model."""
+    from artcap.train import train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    return train(tiny_config(artemis_subset, feature_cache_dir, out), progress=False)

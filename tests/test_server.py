@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import re
@@ -16,7 +15,8 @@ from PIL import Image
 
 from artcap.captioner import DEFAULT_MODEL_DIR as SHIPPED_MODEL_DIR
 from artcap.errors import ArtcapError
-from artcap.server import add_serve_parser, create_app, run_serve, serve, serve_in_background
+from artcap.cli import build_parser, run_serve
+from artcap.server import create_app, serve, serve_in_background
 
 UPLOAD_LIMIT = 1024 * 1024
 PIXEL_LIMIT = 4_000_000
@@ -236,8 +236,7 @@ def test_create_app_refuses_nonsense_limits(captioner):
 
 
 def test_serve_subcommand_options():
-    parser = argparse.ArgumentParser(prog="artcap")
-    add_serve_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     defaults = parser.parse_args(["serve"])
     assert (defaults.host, defaults.port, defaults.model, defaults.func) == ("127.0.0.1", 8000, None, run_serve)
     args = parser.parse_args(["serve", "--port", "9001", "--model", "m", "--max-upload-mb", "2.5", "--max-pixels", "1000"])

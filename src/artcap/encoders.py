@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -177,7 +178,8 @@ def _timm_encoder(timm_name: str, weights: str, image_size: int | None, display_
     if timm_name not in timm.list_models() and timm_name not in timm.list_pretrained():
         raise ArtcapError(f"timm has no model {timm_name!r}; see timm.list_models()")
     try:
-        model = timm.create_model(timm_name, pretrained=weights == "imagenet", num_classes=0, global_pool="")
+        with contextlib.redirect_stdout(sys.stderr):  # keep download chatter out of stdout (--format json)
+            model = timm.create_model(timm_name, pretrained=weights == "imagenet", num_classes=0, global_pool="")
     except Exception as e:  # offline, hub down, no pretrained tag: one line, never random weights
         raise ArtcapError(
             f"could not download ImageNet weights for {display_name} from timm's hub ({type(e).__name__}); "

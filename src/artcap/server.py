@@ -7,7 +7,6 @@ requests waiting at the same moment, so torch never runs in many threads at once
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -117,7 +116,7 @@ class BatchingCaptioner:
     """Feeds one inference thread from an asyncio queue; requests that wait at the same time
     and ask for the same (beam, max_len) go to `Captioner.caption` as one batch."""
 
-    def __init__(self, captioner: Captioner, *, max_batch: int = 16, max_queue: int = 256) -> None:
+    def __init__(self, captioner: Captioner, *, max_batch: int = 32, max_queue: int = 256) -> None:
         self.captioner = captioner
         self.max_batch = max_batch
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=max_queue)
@@ -237,7 +236,8 @@ async def _read_multipart(request: Request, max_upload_bytes: int) -> _Upload:
             raise ApiError(422, f"unknown form field {name[:40]!r}; send the painting as field 'image' (optional: beam, max_len)")
         parts[-1]["name"] = name
         filename = disposition.get(b"filename")
-        parts[-1]["filename"] = filename.decode("utf-8", "replace") if filename is not None else None
+        # The name shows up in one-line error messages: no control characters, bounded length.
+        parts[-1]["filename"] = _one_line(filename.decode("utf-8", "replace"), 100) if filename is not None else None
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         part = parts[-1]
@@ -270,7 +270,8 @@ async def _read_multipart(request: Request, max_upload_bytes: int) -> _Upload:
     except ApiError:
         raise
     except Exception as err:  # python-multipart's parse errors, or the client going away mid-upload
-        raise ApiError(400, f"could not read the multipart upload ({type(err).__name__}: {err}); resend the form") from None
+        reason = _one_line(f"{type(err).__name__}: {err}", 200)
+        raise ApiError(400, f"could not read the multipart upload ({reason}); resend the form") from None
 
     image = next((p for p in parts if p.get("name") == "image"), None)
     fields = {p["name"]: p["data"].decode("utf-8", "replace") for p in parts if p.get("name") != "image"}
@@ -280,6 +281,10 @@ async def _read_multipart(request: Request, max_upload_bytes: int) -> _Upload:
         fields=fields,
         read_ms=(time.perf_counter() - started) * 1000,
     )
+
+
+def _one_line(text: str, max_chars: int) -> str:
+    return " ".join(text.split())[:max_chars]
 
 
 def _mib(n_bytes: int) -> str:
@@ -549,38 +554,6 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, *
     shown_host = f"[{host}]" if ":" in host else host
     print(f"artcap: serving model {captioner.model_id} at http://{shown_host}:{port}/ (API docs at /docs); Ctrl-C stops")
     uvicorn.run(app, host=host, port=port, log_level="info")
-
-
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register `artcap serve` on the CLI's subparsers."""
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve the web page and HTTP API",
-        description="Serve the drop-a-painting web page at / and the JSON API at POST /v1/captions (docs at /docs).",
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    parser.add_argument("--model", default=None, help="model directory (default: the model shipped in the package)")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_BYTES / MiB, help="largest accepted upload in MiB (default 20)")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image in pixels, width x height (default 40000000)")
-    parser.set_defaults(func=run_serve)
-
-
-def run_serve(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise ArtcapError(f"--port must be from 1 to 65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise ArtcapError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    if not args.max_pixels > 0:
-        raise ArtcapError(f"--max-pixels must be > 0, got {args.max_pixels}")
-    serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        max_upload_bytes=int(args.max_upload_mb * MiB),
-        max_pixels=args.max_pixels,
-    )
-    return 0
 
 
 @contextlib.contextmanager

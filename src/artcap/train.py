@@ -225,7 +225,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum, token_count = loss_sum + float(loss) * n, token_count + n
+            loss_sum, token_count = loss_sum + loss.item() * n, token_count + n
             window_tokens += n * world
             bar.update(1)
             if step % 10 == 0 or step == len(batches) - 1:
@@ -272,3 +272,4 @@ def export_model(path: Path, model: MergeDecoder, corpus: Corpus, config: TrainC
         "training": {"epochs_done": len(history), "best_val_loss": min(h["val_loss"] for h in history),
                      "data": corpus.data.counts(), "torch": torch.__version__},
     }, encoder_state=load_state_dict_file(config.encoder_weights) if custom else None)
+    atomic_write_json(path / "splits.json", corpus.data.splits)  # so evaluation finds the held-out paintings

@@ -1,0 +1,40 @@
+# artcap: one command to set up and caption (make demo), one to set up and test (make test).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: setup demo test test-fast browser shipped-model clean
+
+# The pinned torch pair first (pip takes it from local wheels where they exist), then artcap with
+# its ranges (torch>=2.1, timm>=1.0), so nothing else is pulled.
+$(BIN)/artcap: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e ".[serve,test]"
+	touch $@
+
+setup: $(BIN)/artcap
+
+demo: setup
+	$(BIN)/artcap caption examples/landscape.jpg
+
+# The page test needs Debian's chromium + chromium-driver (installed here when run as root;
+# otherwise that test skips and says why).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else echo "chromium/chromedriver missing: the browser test will skip"; fi; fi
+
+test: setup browser
+	$(BIN)/pytest -q -rs
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+# Retrain the model shipped in src/artcap/models/default (see MODEL_CARD.md there).
+shipped-model: setup
+	$(BIN)/python scripts/make_shipped_model.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info

@@ -1,0 +1,311 @@
+"""`artcap evaluate`: caption every painting of a split and score it the way the field would accept.
+
+Scoring protocol (see artcap.metrics for the arithmetic):
+- references: *all* utterances of each painting in the data, processed by the model's preset exactly
+  as its training text was (``artcap.data.references``), so scores do not depend on caption order;
+- tokenisation: the COCO protocol's Stanford PTB tokenizer (lower-cased, punctuation removed) for
+  predictions and references alike (``artcap.metrics``; without Java, artcap's own tokenizer);
+- COCO caption metrics via pycocoevalcap: corpus BLEU-1..4 (closest reference length), METEOR 1.5
+  (needs Java), ROUGE-L, CIDEr-D;
+- the research report's measure: smoothed sentence BLEU-4 of each painting against its own
+  references, as mean/median and listed for the first 20 paintings of the split;
+- diversity: share of distinct captions, distinct words, mean length, share copied verbatim from
+  the run's training captions;
+- grounding: mean CIDEr-D against a painting's own references minus against the next painting's.
+
+The split comes from the model folder's (or its run's) ``splits.json``; without one it is recreated
+from the data with the default split seed (2021), which is what ``artcap train`` does by default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
+from .captioner import Captioner
+from .config import TrainConfig
+from .data import read_annotations, references
+from .errors import ArtcapError
+from .io import atomic_write_json, atomic_write_text
+from .metrics import COCO_KEYS, evaluate_captions, format_markdown_table, java_available
+
+log = logging.getLogger("artcap")
+
+SPLITS = ("test", "val", "all")
+DEFAULT_SPLIT_SEED = 2021
+FIRST_N_PAPER = 20
+TABLE_COLUMNS = [*COCO_KEYS, "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied"]
+TOKENISATION = "Stanford PTB tokenizer (COCO protocol), lower-cased, punctuation removed"
+
+
+@dataclass
+class EvaluationSet:
+    """What every system is scored on: the split's image ids, their features and references."""
+
+    ids: list[str]
+    features: np.ndarray  # [len(ids), F]
+    references: dict[str, list[str]]
+    train_features: np.ndarray
+    train_captions: list[list[str]]  # per training image, aligned with train_features
+    train_references: dict[str, list[str]]
+    split_source: str
+
+
+def _splits_for(model_path: Path) -> tuple[dict[str, list[str]] | None, str]:
+    for candidate in (model_path / "splits.json", model_path.parent / "splits.json"):
+        if candidate.is_file():
+            try:
+                return json.loads(candidate.read_text()), str(candidate)
+            except ValueError as e:
+                raise ArtcapError(f"{candidate}: not valid JSON ({e}); restore it from the run folder") from None
+    return None, ""
+
+
+def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Path, split: str,
+                        feature_cache: str = "", skip_missing: bool = False, progress: bool = True) -> EvaluationSet:
+    """Read the data, reuse (or extract) cached features with the model's encoder, pick the split."""
+    from .train import load_corpus
+
+    if split not in SPLITS:
+        raise ArtcapError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
+    model_path = Path(captioner.config["path"])
+    enc = captioner.config["encoder"]
+    weights = enc.get("weights", "imagenet")
+    if weights == "file":
+        weights = str(model_path / "encoder.safetensors")
+    preset = captioner.config.get("preset", "paper")
+    config = TrainConfig(data=str(data), images=str(images), preset=preset, encoder=enc["name"],
+                         encoder_weights=weights, image_size=enc.get("image_size") or 0,
+                         feature_cache=feature_cache, skip_missing=skip_missing, num_workers=0)
+
+    splits, source = _splits_for(model_path)
+    if splits is not None:
+        annotations = read_annotations(data, images, skip_missing=skip_missing, check_images=False)
+        present = {a.image_id for a in annotations}
+        if not present & set(splits.get("train", [])):
+            # A user's own data set: the model's training paintings are not in it.
+            if split != "all":
+                raise ArtcapError(f"{data}: none of the model's training paintings ({source}) is in this data, so "
+                                  f"it has no '{split}' split of this model; score every painting with --split all")
+            splits, source = None, ""
+    if splits is None:
+        if split != "all":
+            log.warning("no splits.json beside the model: recreating the split from %s with the default seed %d",
+                        data, DEFAULT_SPLIT_SEED)
+        source = f"recreated with make_splits(seed={DEFAULT_SPLIT_SEED})"
+    # Without splits, prepare() makes them exactly as training did (make_splits, seed 2021).
+    corpus = load_corpus(config, splits, device=captioner.device, progress=progress)
+    ids = corpus.data.split_ids(split)
+    if not ids:
+        raise ArtcapError(f"{data}: the '{split}' split has no paintings in this data; try --split all")
+    refs = references(corpus.annotations, preset, ids)
+    train_ids = corpus.data.split_ids("train")
+    return EvaluationSet(
+        ids=ids,
+        features=corpus.features[np.asarray([corpus.image_row[i] for i in ids])],
+        references=refs,
+        train_features=corpus.features[np.asarray([corpus.image_row[i] for i in train_ids], dtype=np.int64)]
+        if train_ids else np.zeros((0, corpus.features.dim), np.float32),
+        train_captions=[[" ".join(t) for t in corpus.data.captions[i]] for i in train_ids],
+        train_references=references(corpus.annotations, preset, train_ids),
+        split_source=source,
+    )
+
+
+def caption_all(system: Any, features: np.ndarray, batch_size: int = 64, progress: bool = True,
+                desc: str = "captioning", **decoding: Any) -> list[str]:
+    """Captions for every feature row, in batches, with a progress bar."""
+    out: list[str] = []
+    with tqdm(total=len(features), unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
+        for s in range(0, len(features), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(features[s : s + batch_size]))
+            out.extend(system.caption_features(batch, **decoding))
+            bar.update(len(batch))
+    return out
+
+
+def score_system(ids: list[str], captions: list[str], refs: dict[str, list[str]],
+                 training_captions: list[str] | None, with_meteor: bool) -> dict:
+    """Every measure for one system; per-image paper BLEU returned separately."""
+    predictions = dict(zip(ids, captions))
+    scores = evaluate_captions(predictions, {i: refs[i] for i in ids}, training_captions, with_meteor)
+    per_image = scores["paper_bleu"].pop("per_image")
+    scores["paper_bleu"]["first_20"] = {i: per_image[i] for i in ids[:FIRST_N_PAPER]}
+    scores["per_image_bleu4"] = per_image
+    return scores
+
+
+def table_row(scores: dict) -> dict[str, float | None]:
+    d = scores["diversity"]
+    return {**scores["coco"], "paper BLEU-4": scores["paper_bleu"]["mean"], "grounding": scores["grounding"],
+            "distinct": d["distinct_captions"], "vocabulary": d["vocabulary"], "mean_length": d["mean_length"],
+            "copied": d.get("copied_from_training")}
+
+
+def scores_table(systems: dict[str, dict]) -> str:
+    return format_markdown_table({name: table_row(s) for name, s in systems.items()}, TABLE_COLUMNS, "system")
+
+
+def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Path, split: str = "test",
+             beam: int | None = None, max_len: int | None = None, with_meteor: bool = True,
+             out_dir: str | Path | None = None, baselines: bool = False, no_repeat_ngram: int | None = None,
+             length_alpha: float | None = None, feature_cache: str = "", skip_missing: bool = False,
+             progress: bool = True) -> dict:
+    """Caption the split with the model (default: the shipped one) and score it; with ``baselines``
+    also the nearest-neighbour and constant baselines. Returns the scores dict (also written to
+    ``out_dir``: predictions.json, scores.json, scores.md)."""
+    started = time.perf_counter()
+    captioner = Captioner.load(model_or_run)
+    if length_alpha is not None:
+        captioner.config = {**captioner.config,
+                            "decoding": {**captioner.config.get("decoding", {}), "length_alpha": length_alpha}}
+    if with_meteor and not java_available():
+        log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
+        with_meteor = False
+    evalset = load_evaluation_set(captioner, data, images, split, feature_cache, skip_missing, progress)
+    decoding = {**captioner.config.get("decoding", {})}
+    decoding.update({k: v for k, v in (("beam", beam), ("no_repeat_ngram", no_repeat_ngram)) if v is not None})
+    max_len_used = max_len if max_len is not None else captioner.max_len
+
+    t0 = time.perf_counter()
+    captions = {captioner.model_id: caption_all(captioner, evalset.features, progress=progress, beam=beam,
+                                                max_len=max_len, no_repeat_ngram=no_repeat_ngram)}
+    seconds = {"decoding": time.perf_counter() - t0}
+    if baselines:
+        if not evalset.train_captions:
+            raise ArtcapError(f"{data}: no training paintings of this model in the data, so no baselines; "
+                              f"drop --baselines or evaluate on the model's own data")
+        t0 = time.perf_counter()
+        nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
+        captions[nn.name] = nn.caption_features(evalset.features)
+        constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
+                                                      evalset.train_references))
+        captions[constant.name] = constant.caption_features(evalset.features)
+        seconds["baselines"] = time.perf_counter() - t0
+
+    training = [c for cs in evalset.train_captions for c in cs] or None
+    t0 = time.perf_counter()
+    systems = {}
+    for name, caps in tqdm(captions.items(), desc="scoring", unit="system", disable=not progress or len(captions) == 1):
+        systems[name] = score_system(evalset.ids, caps, evalset.references, training, with_meteor)
+    seconds["metrics"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - started
+
+    result = {
+        "model": captioner.model_id,
+        "model_path": captioner.config["path"],
+        "data": str(data),
+        "images": str(images),
+        "split": split,
+        "split_source": evalset.split_source,
+        "paintings": len(evalset.ids),
+        "references_per_painting": sum(len(evalset.references[i]) for i in evalset.ids) / len(evalset.ids),
+        "preset": captioner.config.get("preset"),
+        "decoding": {"beam": decoding.get("beam", 1), "length_alpha": decoding.get("length_alpha", 0.7),
+                     "no_repeat_ngram": decoding.get("no_repeat_ngram", 0), "max_len": max_len_used},
+        "tokenisation": TOKENISATION if java_available() else "artcap.text.tokenize (no Java found)",
+        "meteor": with_meteor,
+        "seconds": seconds,
+        "systems": {name: {k: v for k, v in s.items() if k != "per_image_bleu4"} for name, s in systems.items()},
+    }
+    if baselines:
+        result["constant_caption"] = captions["constant"][0]
+    result["table"] = scores_table(systems)
+    if out_dir is not None:
+        write_outputs(Path(out_dir), result, evalset, captions, systems)
+    return result
+
+
+def write_outputs(out: Path, result: dict, evalset: EvaluationSet, captions: dict[str, list[str]],
+                  systems: dict[str, dict]) -> None:
+    model = result["model"]
+    records = []
+    for n, image in enumerate(evalset.ids):
+        record = {"image": image, "caption": captions[model][n], "references": evalset.references[image],
+                  "bleu4": systems[model]["per_image_bleu4"][image]}
+        others = {name: caps[n] for name, caps in captions.items() if name != model}
+        if others:
+            record["baselines"] = others
+        records.append(record)
+    atomic_write_json(out / "predictions.json", records)
+    atomic_write_json(out / "scores.json", {k: v for k, v in result.items() if k != "table"})
+    atomic_write_text(out / "scores.md", render_markdown(result))
+
+
+def render_markdown(result: dict) -> str:
+    d = result["decoding"]
+    lines = [
+        f"# Evaluation of `{result['model']}` on the {result['split']} split",
+        "",
+        f"{result['paintings']} paintings of `{result['data']}` (split: {result['split_source'] or 'all paintings'}), "
+        f"{result['references_per_painting']:.1f} references each (preset `{result['preset']}`). "
+        f"Decoding: beam {d['beam']}, length_alpha {d['length_alpha']}, no_repeat_ngram {d['no_repeat_ngram']}, "
+        f"max_len {d['max_len']}. Tokenisation: {result['tokenisation']}.",
+        "",
+        result["table"],
+        "paper BLEU-4: mean smoothed sentence BLEU-4 per painting (the research report's measure); "
+        "grounding: CIDEr-D against own references minus against another painting's (0 = generic); "
+        "distinct: share of distinct captions; copied: share copied verbatim from training captions.",
+    ]
+    if "constant_caption" in result:
+        lines += ["", f"Constant baseline caption: \"{result['constant_caption']}\""]
+    first = result["systems"][result["model"]]["paper_bleu"]["first_20"]
+    lines += ["", f"Paper BLEU-4 of the first {len(first)} paintings:", "", "| painting | BLEU-4 |", "|---|---:|"]
+    lines += [f"| {image} | {score:.3f} |" for image, score in first.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+
+def add_evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a model (and the baselines) with the COCO caption metrics",
+                       description="Caption every painting of a split and score it against all of its references: "
+                                   "COCO BLEU-1..4, METEOR (needs Java), ROUGE-L, CIDEr-D, the paper's per-painting "
+                                   "BLEU, diversity and grounding. Writes predictions.json, scores.json and "
+                                   "scores.md with --out.")
+    p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_MODEL",
+                   help="run folder or model folder (default: the shipped model)")
+    p.add_argument("--data", required=True, help="ArtEmis CSV or Flickr8k captions.txt")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help="the model's test or val paintings, or every painting of the data (default: test)")
+    p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy (default: the model's)")
+    p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words (default: the model's)")
+    p.add_argument("--no-repeat-ngram", type=int, default=None, help="block repeated n-grams (default: the model's)")
+    p.add_argument("--length-alpha", type=float, default=None, help="beam length normalisation (default: the model's)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="stdout: the markdown table or JSON")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="write predictions.json, scores.json and scores.md into DIR")
+    p.add_argument("--baselines", action="store_true", help="also score the nearest-neighbour and constant baselines")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start)")
+    p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
+    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
+    p.set_defaults(func=run_evaluate)
+
+
+def run_evaluate(args) -> int:
+    quiet = getattr(args, "quiet", False)
+    result = evaluate(args.model, args.data, args.images, split=args.split, beam=args.beam, max_len=args.max_len,
+                      with_meteor=not args.no_meteor, out_dir=args.out, baselines=args.baselines,
+                      no_repeat_ngram=args.no_repeat_ngram, length_alpha=args.length_alpha,
+                      feature_cache=args.cache, skip_missing=args.skip_missing, progress=not quiet)
+    if args.format == "json":
+        json.dump({k: v for k, v in result.items() if k != "table"}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(result["table"])
+        if "constant_caption" in result:
+            sys.stdout.write(f"\nconstant baseline: \"{result['constant_caption']}\"\n")
+    if args.out is not None:
+        log.info("wrote %s", ", ".join(str(args.out / f) for f in ("predictions.json", "scores.json", "scores.md")))
+    return 0

@@ -1,0 +1,44 @@
+"""The model shipped inside the package: loads offline and describes real paintings in real words."""
+
+import json
+import re
+
+import pytest
+
+from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
+from artcap.cli import main
+
+
+@pytest.fixture(scope="module")
+def captioner():
+    return Captioner.load()
+
+
+def test_card_and_files_are_shipped():
+    for name in ("config.json", "vocab.json", "model.safetensors", "splits.json", "MODEL_CARD.md"):
+        assert (DEFAULT_MODEL_DIR / name).is_file(), name
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 25_000_000
+
+
+def test_captions_held_out_paintings_with_real_words(captioner, shared_data):
+    splits = json.loads((DEFAULT_MODEL_DIR / "splits.json").read_text())
+    wikiart = shared_data / "artemis-mini" / "wikiart"
+    test_ids = splits["test"][::30][:8]  # held-out paintings of varied styles
+    captions = captioner.caption([wikiart / f"{i}.jpg" for i in test_ids])
+    assert len(captions) == len(test_ids)
+    vocab = set(captioner.vocab.words[4:])
+    for caption in captions:
+        words = caption.split()
+        assert 3 <= len(words) <= captioner.max_len
+        assert set(words) <= vocab and re.fullmatch(r"[a-z0-9' ]+", caption)
+    assert len(set(captions)) >= 3, captions  # not one generic sentence for every painting
+
+
+def test_cli_captions_the_example_image(capsys):
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "landscape.jpg"
+    assert main(["caption", str(example), "--format", "json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "artcap-default"
+    assert len(out["captions"][0]["caption"].split()) >= 3
