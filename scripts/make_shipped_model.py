@@ -46,8 +46,13 @@ def main() -> None:
         start = time.perf_counter()
         run = train(config)
         timing["total_s"] = time.perf_counter() - start
+        (run / "build_time.json").write_text(json.dumps(timing))
     else:
         run = args.skip_train
+        if (run / "features").is_dir():
+            config.feature_cache = str(run / "features")
+        if (run / "build_time.json").is_file():
+            timing = json.loads((run / "build_time.json").read_text())
     history = json.loads((run / "history.json").read_text())
     timing["training_s"] = sum(h["seconds"] for h in history)
 
@@ -58,6 +63,7 @@ def main() -> None:
     # decoding defaults of the config (they may be re-chosen after training without retraining).
     weights = staging / "model.safetensors"
     save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
+    weights.chmod(0o644)
     model_config = json.loads((staging / "config.json").read_text())
     model_config["model_id"] = "artcap-default"
     model_config["decoding"] = {"beam": config.beam, "length_alpha": config.length_alpha,
@@ -72,7 +78,8 @@ def main() -> None:
 
         result = evaluate(TARGET, config.data, config.images, split="test", baselines=True,
                           out_dir=run / "eval-test", feature_cache=config.feature_cache)
-        scores_md = (run / "eval-test" / "scores.md").read_text()
+        scores_md = (run / "eval-test" / "scores.md").read_text().replace(f"{ROOT}/", "")
+        scores_md = scores_md.replace("# Evaluation", "Evaluation", 1)
         timing["evaluation"] = result.get("seconds")
     except ImportError:
         pass

@@ -239,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommands():
-    return [add_caption_parser, add_features_parser, add_train_parser, add_serve_parser]
+    from .evaluate import add_evaluate_parser
+    from .experiment import add_experiment_parser
+
+    return [add_caption_parser, add_features_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
+            add_serve_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

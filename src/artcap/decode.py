@@ -108,7 +108,7 @@ def beam_search(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, 
         if all(done):
             break
         src_index = torch.tensor(sources, device=features.device)
-        state = tuple(s.index_select(1, src_index) for s in state)
+        state = tuple(s.index_select(0, src_index) for s in state)
         image = image.index_select(0, src_index)
         tokens = torch.tensor(next_tokens, device=features.device)
         scores = torch.tensor(next_scores, device=features.device).reshape(batch, k)

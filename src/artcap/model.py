@@ -60,10 +60,21 @@ class MergeDecoder(nn.Module):
         return self._logits(image, text)
 
     def step(self, image: torch.Tensor, token: torch.Tensor, state=None):
-        """One decoding step: image [B, H] (from encode_image), token [B] -> (logits [B, V], state)."""
-        text, state = self.lstm(self.text_dropout(self.embed(token)).unsqueeze(1), state)
-        return self._logits(image, text.squeeze(1)), state
+        """One decoding step: image [B, H] (from encode_image), token [B] -> (logits [B, V], (h, c)).
 
+        The LSTM cell is written out with the nn.LSTM's own weights (gate order i, f, g, o):
+        for one step at a time it is several times faster than calling nn.LSTM."""
+        x = self.text_dropout(self.embed(token))
+        if state is None:
+            h = c = x.new_zeros(x.size(0), self.config.hidden_dim)
+        else:
+            h, c = state
+        gates = (F.linear(x, self.lstm.weight_ih_l0, self.lstm.bias_ih_l0)
+                 + F.linear(h, self.lstm.weight_hh_l0, self.lstm.bias_hh_l0))
+        i, f, g, o = gates.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return self._logits(image, h), (h, c)
 
 
 def caption_loss(model: nn.Module, features: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, int]:
