@@ -1,5 +1,6 @@
 """Shared fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,21 @@ def tiny_run(artemis_subset, feature_cache_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     return train(tiny_config(artemis_subset, feature_cache_dir, out), progress=False)
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    """The shipped model ($ARTCAP_TEST_MODEL may name another model or run folder)."""
+    from artcap.captioner import DEFAULT_MODEL_DIR
+
+    path = Path(os.environ.get("ARTCAP_TEST_MODEL", DEFAULT_MODEL_DIR))
+    if not (path / "config.json").is_file() and not (path / "model" / "config.json").is_file():
+        pytest.skip(f"no shipped model at {path} (train it: artcap train --config configs/default.toml)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def captioner(model_dir):
+    from artcap.captioner import Captioner
+
+    return Captioner.load(model_dir)

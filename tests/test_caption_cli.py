@@ -5,28 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
-from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
 from artcap.cli import main
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    """The shipped model ($ARTCAP_TEST_MODEL may name another model or run folder)."""
-    path = Path(os.environ.get("ARTCAP_TEST_MODEL", DEFAULT_MODEL_DIR))
-    if not (path / "config.json").is_file() and not (path / "model" / "config.json").is_file():
-        pytest.skip(f"no shipped model at {path} (train it: artcap train --config configs/default.toml)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def captioner(model_dir) -> Captioner:
-    return Captioner.load(model_dir)
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
+from artcap.captioner import Captioner
 from artcap.cli import main
 from artcap.collection import RecordFile, caption_collection
 from artcap.errors import ArtcapError
@@ -29,20 +29,6 @@ BROKEN = {  # file name -> the start of the reason its error record must give
     "notes.jpg": "not an image",
     "zz-huge.png": "too many pixels",
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir() -> Path:
-    """The shipped model ($ARTCAP_TEST_MODEL may name another model or run folder)."""
-    path = Path(os.environ.get("ARTCAP_TEST_MODEL", DEFAULT_MODEL_DIR))
-    if not (path / "config.json").is_file() and not (path / "model" / "config.json").is_file():
-        pytest.skip(f"no shipped model at {path} (train it: artcap train --config configs/default.toml)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def captioner(model_dir) -> Captioner:
-    return Captioner.load(model_dir)
 
 
 def paintings(shared_data: Path, n: int) -> list[Path]:

@@ -263,3 +263,11 @@ def test_shipped_example_matches_the_generator():
     assert shipped.stat().st_size < 100_000
     difference = np.abs(np.asarray(load_image(shipped)).astype(int) - np.asarray(draw_example_painting()).astype(int))
     assert difference.mean() < 4  # only JPEG loss between the file and a fresh drawing
+
+
+def test_min_size_decodes_big_jpegs_at_a_reduced_scale(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1600), (120, 80, 40)).save(path, quality=90)
+    reduced = load_image(path, min_size=224)
+    assert 224 <= min(reduced.size) and reduced.size[0] < 2000  # 1/4 scale: 500x400
+    assert load_image(path).size == (2000, 1600)

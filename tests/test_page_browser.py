@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from artcap.captioner import DEFAULT_MODEL_DIR as SHIPPED_MODEL_DIR
-from artcap.errors import ArtcapError
 from artcap.server import create_app, serve_in_background
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -18,15 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def base_url():
-    from artcap.captioner import Captioner
-
-    try:
-        captioner = Captioner.load(None)
-    except ArtcapError as err:
-        if not SHIPPED_MODEL_DIR.is_dir():
-            pytest.skip(f"no shipped model yet at {SHIPPED_MODEL_DIR} ({err})")
-        raise
+def base_url(captioner):
     with serve_in_background(create_app(captioner)) as url:
         yield url
 

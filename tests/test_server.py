@@ -13,7 +13,6 @@ import httpx
 import pytest
 from PIL import Image
 
-from artcap.captioner import DEFAULT_MODEL_DIR as SHIPPED_MODEL_DIR
 from artcap.errors import ArtcapError
 from artcap.cli import build_parser, run_serve
 from artcap.server import create_app, serve, serve_in_background
@@ -22,18 +21,6 @@ UPLOAD_LIMIT = 1024 * 1024
 PIXEL_LIMIT = 4_000_000
 
 pytestmark = pytest.mark.slow  # starts a server and runs the real model
-
-
-@pytest.fixture(scope="module")
-def captioner():
-    from artcap.captioner import Captioner
-
-    try:
-        return Captioner.load(None)
-    except ArtcapError as err:
-        if not SHIPPED_MODEL_DIR.is_dir():
-            pytest.skip(f"no shipped model yet at {SHIPPED_MODEL_DIR} ({err})")
-        raise
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,9 @@
 import json
 import re
 
-import pytest
 
-from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
+from artcap.captioner import DEFAULT_MODEL_DIR
 from artcap.cli import main
-
-
-@pytest.fixture(scope="module")
-def captioner():
-    return Captioner.load()
 
 
 def test_card_and_files_are_shipped():

@@ -49,7 +49,9 @@ class Captioner:
         if weights == "file":
             encoder.model.load_state_dict(read_encoder_state(path))
         dev = torch.device(device)
-        return cls(encoder.to(dev).eval(), decoder.to(dev).eval(), vocab, {**config, "path": str(path)}, dev)
+        # channels_last: the layout oneDNN's CPU convolutions (and cuDNN's) run fastest on
+        encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
+        return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path)}, dev)
 
     @property
     def model_id(self) -> str:
@@ -64,7 +66,7 @@ class Captioner:
         arrays = []
         for image in images:
             if isinstance(image, (str, Path)):
-                image = load_image(image)
+                image = load_image(image, min_size=self.encoder.image_size)
             arrays.append(image if isinstance(image, np.ndarray) else self.encoder.to_array(image))
         return self.encoder.preprocess(arrays)
 
@@ -72,7 +74,7 @@ class Captioner:
     def encode(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """Images (or an already preprocessed uint8 batch) -> pooled features [B, F]."""
         batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        return self.encoder(batch.to(self.device)).pooled
+        return self.encoder(batch.to(self.device).contiguous(memory_format=torch.channels_last)).pooled
 
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None,

@@ -44,7 +44,8 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per model call (default: {DEFAULT_BATCH_SIZE}, fastest on a 2-core CPU)")
     p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
-                   help=f"image-decoding processes; 0 decodes in the main process (default: {DEFAULT_NUM_WORKERS})")
+                   help=f"image-decoding processes overlapping inference; 0 decodes in the main process "
+                        f"(default here: {DEFAULT_NUM_WORKERS}: 0 on 2 cores or fewer, where a worker only competes)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads for the model (default: torch's, one per core)")
     p.set_defaults(func=run_caption)
@@ -117,16 +118,10 @@ def run_caption(args) -> int:
 # ---- features -----------------------------------------------------------------------------------
 
 def _add_config_args(p) -> None:
+    """--config and --set, plus shortcuts for the keys most often given on the command line."""
     p.add_argument("--config", type=Path, default=None, help="TOML config (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable), e.g. --set epochs=2")
-
-
-def add_features_parser(sub) -> None:
-    p = sub.add_parser("features", help="extract and cache image features for a data set",
-                       description="Encode every image of a data set once and cache the features on disk "
-                                   "(reused by train and evaluate). Takes the same config as train.")
-    _add_config_args(p)
     p.add_argument("--data", help="ArtEmis CSV or Flickr8k captions.txt (config key: data)")
     p.add_argument("--images", help="image folder (config key: images)")
     p.add_argument("--encoder", help="encoder name (config key: encoder)")
@@ -134,6 +129,13 @@ def add_features_parser(sub) -> None:
     p.add_argument("--image-size", type=int, help="input size in pixels (config key: image_size)")
     p.add_argument("--cache", help="feature cache folder (config key: feature_cache)")
     p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
+
+
+def add_features_parser(sub) -> None:
+    p = sub.add_parser("features", help="extract and cache image features for a data set",
+                       description="Encode every image of a data set once and cache the features on disk "
+                                   "(reused by train and evaluate). Takes the same config as train.")
+    _add_config_args(p)
     p.set_defaults(func=run_features)
 
 
@@ -174,21 +176,18 @@ def add_train_parser(sub) -> None:
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its last checkpoint (its config.toml is used; "
                         "--set may change e.g. epochs)")
-    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
     p.set_defaults(func=run_train)
 
 
 def run_train(args) -> int:
-    from .config import load_config
     from .train import train
 
     if args.resume is not None:
         config_path = args.resume / "config.toml"
         if not config_path.is_file():
             raise ArtcapError(f"{args.resume}: not a run folder (no config.toml)")
-        config = load_config(config_path, [*args.overrides, f"out={args.resume}"])
-    else:
-        config = _config_from_args(args)
+        args.config, args.overrides = config_path, [*args.overrides, f"out={args.resume}"]
+    config = _config_from_args(args)
     run = train(config, resume=args.resume is not None, progress=not args.quiet)
     log.info("run folder: %s (best model in %s)", run, run / "model")
     return 0

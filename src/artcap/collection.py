@@ -28,10 +28,12 @@ from .captioner import Captioner
 from .errors import ArtcapError
 from .features import decoded_batches
 
-# Chosen by measurement on the 2-core development machine (benchmarks/bench_caption.py): small
-# batches keep the CNN's activations in cache, and one decoding process overlaps the model.
+# Chosen by measurement (benchmarks/bench_caption.py): small batches keep the CNN's activations in
+# cache. A decoding process overlaps decoding with inference, which pays once there are cores to
+# spare; on 2 cores torch already uses both and a worker only competes (44-50 img/s without one,
+# 33-42 with one, on 224-500 px images).
 DEFAULT_BATCH_SIZE = 2
-DEFAULT_NUM_WORKERS = 1
+DEFAULT_NUM_WORKERS = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
 DEFAULT_DECODE_BATCH_SIZE = 32
 
 RECORD_FIELDS = ("path", "caption", "beam", "model", "time", "error")
@@ -83,8 +85,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
         for indices, batch, errors in decoded_batches(paths, captioner.encoder, batch_size, num_workers):
             features = {}
             if batch is not None:
-                # channels_last: the layout oneDNN's CPU convolutions run fastest on
-                pooled = captioner.encode(batch.contiguous(memory_format=torch.channels_last))
+                pooled = captioner.encode(batch)
                 features = dict(zip(indices, pooled))
             for i in sorted([*indices, *errors]):
                 pending.append((i, errors[i] if i in errors else features[i]))

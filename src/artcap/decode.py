@@ -27,12 +27,16 @@ def _next_log_probs(model: MergeDecoder, image, tokens, state, vocab: Vocabulary
         logp[:, vocab.eos_id] = eos
     if no_repeat_ngram > 1:
         n = no_repeat_ngram
+        rows, words = [], []  # every (hypothesis, word) that would repeat an n-gram: banned in one go
         for row, seq in enumerate(seqs):
             if len(seq) >= n - 1:
-                prefix = tuple(seq[len(seq) - n + 1:])
-                banned = {seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix}
-                if banned:
-                    logp[row, list(banned)] = NEG_INF
+                prefix = seq[len(seq) - n + 1:]
+                for i in range(len(seq) - n + 1):
+                    if seq[i:i + n - 1] == prefix:
+                        rows.append(row)
+                        words.append(seq[i + n - 1])
+        if rows:
+            logp[rows, words] = NEG_INF
     return logp, state
 
 

@@ -45,7 +45,7 @@ class _DecodedImages(Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.encoder.to_array(load_image(self.paths[i])), ""
+            return i, self.encoder.to_array(load_image(self.paths[i], min_size=self.encoder.image_size)), ""
         except ImageLoadError as e:
             size = self.encoder.image_size
             return i, np.zeros((size, size, 3), np.uint8), str(e)

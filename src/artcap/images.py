@@ -68,6 +68,7 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    min_size: int | None = None,
 ) -> Image.Image:
     """Decode `source` (a path, raw bytes or a binary stream) to an 8-bit RGB image.
 
@@ -75,6 +76,10 @@ def load_image(
     16-bit images are converted, and only the first frame of an animation is kept. Images with
     more than `max_pixels` pixels are refused from their header, before any pixel is decoded.
     Raises ImageLoadError (an ArtcapError) for anything that is not a usable image.
+
+    `min_size`: the caller will shrink the image to this size anyway, so a JPEG may be decoded at
+    the smallest of its built-in 1/2, 1/4, 1/8 scales that keeps both sides >= min_size (Pillow's
+    draft mode): several times faster for large photographs.
     """
     if max_pixels <= 0:
         raise ValueError(f"max_pixels must be positive, got {max_pixels}")
@@ -88,7 +93,7 @@ def load_image(
             with open(path, "rb") as fp:
                 if os.fstat(fp.fileno()).st_size == 0:
                     raise ImageLoadError(label, "zero bytes")
-                return _decode(fp, label, max_pixels)
+                return _decode(fp, label, max_pixels, min_size)
         except FileNotFoundError:
             raise ImageLoadError(label, "file not found") from None
         except PermissionError:
@@ -101,7 +106,7 @@ def load_image(
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else source.read()
     if not data:
         raise ImageLoadError(label, "zero bytes")
-    return _decode(io.BytesIO(data), label, max_pixels)
+    return _decode(io.BytesIO(data), label, max_pixels, min_size)
 
 
 def find_images(
@@ -164,7 +169,7 @@ def _source_label(source: object) -> str:
     return stream_name if isinstance(stream_name, str) else "<stream>"
 
 
-def _decode(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
+def _decode(fp: BinaryIO, label: str, max_pixels: int, min_size: int | None = None) -> Image.Image:
     # Pillow reports oddities (huge sizes, corrupt EXIF, palette transparency) as warnings;
     # each is either checked by us or harmless, so none may leak to the caller.
     with _WARNINGS_LOCK, warnings.catch_warnings():
@@ -187,6 +192,8 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int) -> Image.Image:
                 f"too many pixels ({width * height:,} > {max_pixels:,})",
                 f"it is {width}x{height}; downscale it or raise the pixel limit",
             )
+        if min_size:
+            image.draft(None, (min_size, min_size))  # JPEG only; a no-op for other formats
         try:
             image.load()  # the first frame of an animation; raises on truncated data
         except Exception:

@@ -1,7 +1,7 @@
 // The page: pick or drop an image, POST it to /v1/captions, show the captions.
 "use strict";
 
-const BEAM = 3;
+const BEAM = 5;
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("image-input");
