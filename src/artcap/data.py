@@ -12,7 +12,6 @@ import csv
 import logging
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -238,7 +237,3 @@ def references(annotations: Sequence[Annotation], preset: str, image_ids: Iterab
             if tokens:
                 refs.setdefault(a.image_id, []).append(" ".join(tokens))
     return refs
-
-
-def emotion_histogram(data: CaptionData) -> Counter:
-    return Counter(e for es in data.emotions.values() for e in es if e)

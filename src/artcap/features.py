@@ -170,12 +170,6 @@ class FeatureCache:
         shards = [np.load(self.dir / name, mmap_mode="r") for name in self._index["shards"]]
         return FeatureView(shards, locations)
 
-    def features(self, paths: Sequence[Path], **extract_kwargs) -> tuple[FeatureView, dict[Path, str]]:
-        """Extract what is missing, then return the view over the paths that could be read."""
-        failures = self.extract(paths, **extract_kwargs)
-        good = [Path(p) for p in paths if Path(p) not in failures]
-        return self.view(good), failures
-
 
 def default_cache_dir() -> Path:
     """$ARTCAP_CACHE, else ~/.cache/artcap/features."""

@@ -74,8 +74,7 @@ def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None,
             if not config.skip_missing:
                 raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
             log.warning("%s; skipped them (--skip-missing)", summary)
-            bad = {p for p in failures}
-            ids = [i for i in ids if data.paths[i] not in bad]
+            ids = [i for i in ids if data.paths[i] not in failures]
             for i in set(data.paths) - set(ids):
                 del data.paths[i], data.captions[i], data.emotions[i]
             paths = [data.paths[i] for i in ids]
