@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 
 import artcap
 from artcap.config import load_config
+from artcap.evaluate import evaluate
 from artcap.train import train
 
 PRESET_TEXT = {
@@ -72,17 +73,10 @@ def main() -> None:
     shutil.rmtree(TARGET, ignore_errors=True)
     staging.rename(TARGET)
 
-    scores_md = ""
-    try:
-        from artcap.evaluate import evaluate
-
-        result = evaluate(TARGET, config.data, config.images, split="test", baselines=True,
-                          out_dir=run / "eval-test", feature_cache=config.feature_cache)
-        scores_md = (run / "eval-test" / "scores.md").read_text().replace(f"{ROOT}/", "")
-        scores_md = scores_md.replace("# Evaluation", "Evaluation", 1)
-        timing["evaluation"] = result.get("seconds")
-    except ImportError:
-        pass
+    evaluate(TARGET, config.data, config.images, split="test", baselines=True,
+             out_dir=run / "eval-test", feature_cache=config.feature_cache)
+    scores_md = (run / "eval-test" / "scores.md").read_text().replace(f"{ROOT}/", "")
+    scores_md = scores_md.replace("# Evaluation", "Evaluation", 1)
     write_card(config, history, timing, scores_md, args.config)
     print(f"shipped model written to {TARGET}")
 
@@ -131,7 +125,7 @@ ArtEmis annotations and WikiArt images are for non-commercial research; so is th
 {rows}
 
 ## Scores on the held-out test split
-{scores_md or '(run `artcap evaluate --baselines` to fill this in)'}
+{scores_md}
 
 Reproduce: `artcap evaluate --data {config.data} --images {config.images} --split test --baselines`.
 

@@ -196,6 +196,8 @@ def run_train(args) -> int:
 # ---- serve --------------------------------------------------------------------------------------
 
 def add_serve_parser(sub) -> None:
+    from .images import DEFAULT_MAX_PIXELS
+
     p = sub.add_parser("serve", help="serve the web page and HTTP API",
                        description="Serve the drop-a-painting web page at / and the JSON API at POST /v1/captions "
                                    "(OpenAPI at /openapi.json, docs at /docs). Needs the [serve] extra.")
@@ -204,8 +206,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", default=None, help="model folder (default: the model shipped in the package)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="largest accepted image in pixels, width x height (default 40000000)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})")
     p.set_defaults(func=run_serve)
 
 

@@ -42,14 +42,13 @@ class Annotation:
     row: int  # line number in the source file (the header is line 1)
 
 
-def read_annotations(
-    path: str | Path, images: str | Path, *, skip_missing: bool = False, check_images: bool = True
-) -> list[Annotation]:
-    """Read an ArtEmis CSV or a Flickr8k captions file (told apart by the header)."""
+def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool = False) -> list[Annotation]:
+    """Read an ArtEmis CSV or a Flickr8k captions file (told apart by the header); every row must
+    name an image that exists."""
     path, images = Path(path), Path(images)
     if not path.is_file():
         raise ArtcapError(f"{path}: no such file; pass the ArtEmis CSV or Flickr8k captions.txt")
-    if check_images and not images.is_dir():
+    if not images.is_dir():
         raise ArtcapError(f"{images}: no such folder; pass the folder holding the images")
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -73,17 +72,16 @@ def read_annotations(
     except csv.Error as e:
         raise ArtcapError(f"{path}: not a readable CSV file ({e})") from None
 
-    if check_images:
-        exists: dict[Path, bool] = {}
-        kept = []
-        for a in annotations:
-            if a.image_path not in exists:
-                exists[a.image_path] = a.image_path.is_file()
-            if exists[a.image_path]:
-                kept.append(a)
-            else:
-                problems.append((a.row, f"image {a.image_path} not found"))
-        annotations = kept
+    exists: dict[Path, bool] = {}
+    kept = []
+    for a in annotations:
+        if a.image_path not in exists:
+            exists[a.image_path] = a.image_path.is_file()
+        if exists[a.image_path]:
+            kept.append(a)
+        else:
+            problems.append((a.row, f"image {a.image_path} not found"))
+    annotations = kept
 
     if problems:
         problems.sort()

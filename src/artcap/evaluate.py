@@ -88,9 +88,9 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
                          encoder_weights=weights, image_size=enc.get("image_size") or 0,
                          feature_cache=feature_cache, skip_missing=skip_missing, num_workers=0)
 
+    annotations = read_annotations(data, images, skip_missing=skip_missing)  # read once, used for both
     splits, source = _splits_for(model_path)
     if splits is not None:
-        annotations = read_annotations(data, images, skip_missing=skip_missing, check_images=False)
         present = {a.image_id for a in annotations}
         if not present & set(splits.get("train", [])):
             # A user's own data set: the model's training paintings are not in it.
@@ -104,7 +104,7 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
                         data, DEFAULT_SPLIT_SEED)
         source = f"recreated with make_splits(seed={DEFAULT_SPLIT_SEED})"
     # Without splits, prepare() makes them exactly as training did (make_splits, seed 2021).
-    corpus = load_corpus(config, splits, device=captioner.device, progress=progress)
+    corpus = load_corpus(config, splits, device=captioner.device, progress=progress, annotations=annotations)
     ids = corpus.data.split_ids(split)
     if not ids:
         raise ArtcapError(f"{data}: the '{split}' split has no paintings in this data; try --split all")

@@ -30,7 +30,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from artcap.errors import ArtcapError
-from artcap.images import ImageLoadError, load_image
+from artcap.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image
 
 if TYPE_CHECKING:
     from artcap.captioner import Captioner
@@ -40,7 +40,6 @@ log = logging.getLogger("artcap.server")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_BYTES = 20 * MiB
-DEFAULT_MAX_PIXELS = 40_000_000
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 # Room for the multipart boundaries, part headers and the small beam/max_len fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -329,6 +328,7 @@ def _decode(data: bytes, filename: str | None, max_pixels: int) -> tuple[Image.I
     if image_format is None:
         raise ApiError(415, f"{label} is not a {ACCEPTED_FORMATS_TEXT} image; send one of those formats")
     try:
+        # Full size, not a reduced JPEG draft: the response reports the upload's real dimensions.
         return load_image(data, max_pixels=max_pixels, name=label), image_format
     except ImageLoadError as err:
         status = 413 if err.reason.startswith("too many pixels") else 422

@@ -55,29 +55,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",
-                progress: bool = True, extract: bool = True) -> Corpus:
-    """Read the annotations, prepare the preset, and extract (or reuse) every image's features."""
+                progress: bool = True, annotations: list[Annotation] | None = None) -> Corpus:
+    """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features."""
     if not config.data or not config.images:
         raise ArtcapError("no data given: set `data` (CSV) and `images` (folder) in the config or with --set")
-    annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
+    if annotations is None:
+        annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
     data = prepare(annotations, config.preset, splits, seed=config.split_seed)
     encoder = create_encoder(config.encoder, weights=config.encoder_weights, image_size=config.image_size or None)
     cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder.to(device))
     ids = sorted(data.paths)
     paths = [data.paths[i] for i in ids]
-    if extract:
-        failures = cache.extract(paths, batch_size=config.feature_batch_size, num_workers=config.num_workers,
-                                 progress=progress)
-        if failures:
-            first = next(iter(failures.values()))
-            summary = f"{len(failures)} image(s) could not be read (first: {first})"
-            if not config.skip_missing:
-                raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
-            log.warning("%s; skipped them (--skip-missing)", summary)
-            ids = [i for i in ids if data.paths[i] not in failures]
-            for i in set(data.paths) - set(ids):
-                del data.paths[i], data.captions[i], data.emotions[i]
-            paths = [data.paths[i] for i in ids]
+    failures = cache.extract(paths, batch_size=config.feature_batch_size, num_workers=config.num_workers,
+                             progress=progress)
+    if failures:
+        first = next(iter(failures.values()))
+        summary = f"{len(failures)} image(s) could not be read (first: {first})"
+        if not config.skip_missing:
+            raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
+        log.warning("%s; skipped them (--skip-missing)", summary)
+        ids = [i for i in ids if data.paths[i] not in failures]
+        for i in set(data.paths) - set(ids):
+            del data.paths[i], data.captions[i], data.emotions[i]
+        paths = [data.paths[i] for i in ids]
     return Corpus(annotations, data, cache.view(paths), {i: n for n, i in enumerate(ids)})
 
 
