@@ -1,0 +1,357 @@
+"""Alt text where collection software reads it: XMP sidecars beside the images, or XMP embedded in
+the image files by exiftool.
+
+    error = write_sidecar(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
+    with ExifTool() as exiftool:                       # one exiftool process for many images
+        error = exiftool.embed(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
+
+Both return None on success or a one-line error naming the file, so a folder job can record the
+failure of one image and go on with the others. What is written, in either place:
+
+- `Iptc4xmpCore:AltTextAccessibility` (IPTC Photo Metadata 2021.1 "Alt Text (Accessibility)") and
+  `dc:description`, each a language alternative with `x-default` and `en` set to the caption (other
+  languages already there are kept);
+- `xmp:CreatorTool` = "artcap VERSION";
+- in the artcap namespace (ARTCAP_NS, prefix `artcap`): `artcap:Model` (the model id),
+  `artcap:Decoding` (the decoding settings as compact JSON) and, when given, `artcap:Emotion`.
+
+A sidecar is named after the whole image file name: `a.jpg` -> `a.jpg.xmp` (darktable's and
+digiKam's convention, which exiftool reads and writes with `%d%f.%e.xmp`). Lightroom's `a.xmp`
+would give `a.jpg` and `a.tif` the same sidecar. An existing sidecar is updated in place, every
+other property kept; the image itself is never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, Mapping
+
+from . import __version__
+from .errors import ArtcapError
+from .io import atomic_write_text
+
+ARTCAP_NS = "https://artcap.invalid/xmp/1.0/"  # an identifier, never fetched (.invalid can be nobody's domain)
+RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
+X_NS = "adobe:ns:meta/"
+DC_NS = "http://purl.org/dc/elements/1.1/"
+XMP_NS = "http://ns.adobe.com/xap/1.0/"
+IPTC_CORE_NS = "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+# The prefixes a reader expects to see; ElementTree would otherwise write ns0, ns1, ...
+STANDARD_PREFIXES = {"x": X_NS, "rdf": RDF_NS, "dc": DC_NS, "xmp": XMP_NS, "Iptc4xmpCore": IPTC_CORE_NS,
+                     "artcap": ARTCAP_NS}
+SIDECAR_SUFFIX = ".xmp"
+CAPTION_LANGUAGES = ("x-default", "en")
+XPACKET_BEGIN = '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+XPACKET_END = '<?xpacket end="w"?>'
+EXIFTOOL_INSTALL_HINT = ("install it (Debian/Ubuntu: apt-get install libimage-exiftool-perl; macOS: brew install "
+                         "exiftool) or write sidecars with --xmp instead")
+
+
+@dataclass(frozen=True)
+class CaptionMetadata:
+    """What artcap writes about one image, in XMP terms."""
+    caption: str
+    model_id: str
+    decoding: Mapping[str, Any]
+    emotion: str | None = None
+
+    @property
+    def creator_tool(self) -> str:
+        return f"artcap {__version__}"
+
+    @property
+    def decoding_json(self) -> str:
+        return json.dumps(dict(self.decoding), sort_keys=True, separators=(",", ":"))
+
+    def simple_properties(self) -> dict[tuple[str, str], str | None]:
+        """(namespace, name) -> value; None removes the property (a stale emotion must not stay)."""
+        return {(XMP_NS, "CreatorTool"): self.creator_tool, (ARTCAP_NS, "Model"): self.model_id,
+                (ARTCAP_NS, "Decoding"): self.decoding_json, (ARTCAP_NS, "Emotion"): self.emotion}
+
+    def caption_properties(self) -> list[tuple[str, str]]:
+        return [(IPTC_CORE_NS, "AltTextAccessibility"), (DC_NS, "description")]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# ---- sidecars -----------------------------------------------------------------------------------------
+
+def sidecar_path(image: str | os.PathLike, *, xmp_dir: str | os.PathLike | None = None,
+                 root: str | os.PathLike | None = None) -> Path:
+    """Where the sidecar of `image` goes: `IMAGE.xmp` beside it (`a.jpg` -> `a.jpg.xmp`), or, with
+    `xmp_dir`, the same name in a mirror tree: the image's path relative to `root` (its absolute path
+    when it is not under `root`) re-rooted at `xmp_dir`, for collections artcap must not write into."""
+    image = Path(image)
+    name = image.name + SIDECAR_SUFFIX
+    if xmp_dir is None:
+        return image.with_name(name)
+    relative = _mirror_relative(image, Path(root) if root is not None else None)
+    return Path(xmp_dir) / relative.parent / name
+
+
+def _mirror_relative(image: Path, root: Path | None) -> PurePath:
+    if root is not None:
+        try:
+            relative = image.absolute().relative_to(root.absolute())
+            if ".." not in relative.parts:
+                return relative
+        except ValueError:
+            pass
+    absolute = Path(os.path.abspath(image))
+    return PurePath(*absolute.parts[1:])  # drop the anchor: /data/x.jpg -> DIR/data/x.jpg.xmp
+
+
+def write_sidecar(image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
+                  emotion: str | None = None, *, sidecar: str | os.PathLike | None = None) -> str | None:
+    """Write or update the XMP sidecar of `image` (default: `sidecar_path(image)`). Returns None,
+    or a one-line error naming the sidecar (an unreadable existing sidecar is left as it is)."""
+    path = Path(sidecar) if sidecar is not None else sidecar_path(image)
+    metadata = CaptionMetadata(caption, model_id, decoding, emotion)
+    try:
+        existing = path.read_bytes() if path.exists() else None
+    except OSError as e:
+        return f"{path}: cannot read the existing sidecar ({e.strerror or e})"
+    try:
+        text = update_xmp(existing, metadata)
+    except ArtcapError as e:
+        return f"{path}: {e}"
+    try:
+        atomic_write_text(path, text)
+    except OSError as e:
+        return (f"{path}: cannot write the sidecar ({e.strerror or e}); for a read-only collection "
+                f"write the sidecars elsewhere with --xmp-dir")
+    return None
+
+
+def update_xmp(existing: bytes | None, metadata: CaptionMetadata) -> str:
+    """The XMP packet `existing` (None: a new one) with artcap's properties set, as text.
+    Raises ArtcapError when `existing` is not XMP, so a file artcap cannot read is never replaced."""
+    if existing is None or not existing.strip():
+        root = _new_packet()
+    else:
+        root = _parse_packet(existing)
+    rdf = root if root.tag == f"{{{RDF_NS}}}RDF" else root.find(f".//{{{RDF_NS}}}RDF")
+    if rdf is None:
+        raise ArtcapError("not an XMP sidecar (no rdf:RDF element); move it away or fix it")
+    descriptions = rdf.findall(f"{{{RDF_NS}}}Description")
+    if not descriptions:
+        descriptions = [ET.SubElement(rdf, f"{{{RDF_NS}}}Description", {f"{{{RDF_NS}}}about": ""})]
+    for namespace, name in metadata.caption_properties():
+        _set_language_alternative(descriptions, namespace, name, metadata.caption)
+    for (namespace, name), value in metadata.simple_properties().items():
+        _set_simple(descriptions, namespace, name, value)
+    if root.tag == f"{{{X_NS}}}xmpmeta":
+        root.set(f"{{{X_NS}}}xmptk", metadata.creator_tool)
+    return _serialize(root)
+
+
+def _new_packet() -> ET.Element:
+    root = ET.Element(f"{{{X_NS}}}xmpmeta")
+    ET.SubElement(root, f"{{{RDF_NS}}}RDF")
+    return root
+
+
+def _parse_packet(data: bytes) -> ET.Element:
+    # Keep the file's own prefixes (ElementTree would otherwise invent ns0, ns1, ... on writing).
+    prefixes: dict[str, str] = {}
+    parser = ET.XMLPullParser(events=("start-ns",))
+    try:
+        parser.feed(data)
+        parser.close()
+        for _, (prefix, uri) in parser.read_events():
+            prefixes.setdefault(prefix, uri)
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise ArtcapError(f"not readable XML ({e}); artcap leaves it as it is: fix it or move it away") from None
+    for prefix, uri in prefixes.items():
+        if prefix and not re.fullmatch(r"ns\d+", prefix) and uri not in STANDARD_PREFIXES.values():
+            ET.register_namespace(prefix, uri)
+    return root
+
+
+def _serialize(root: ET.Element) -> str:
+    for prefix, uri in STANDARD_PREFIXES.items():
+        ET.register_namespace(prefix, uri)
+    ET.indent(root, space=" ")
+    return f"{XPACKET_BEGIN}\n{ET.tostring(root, encoding='unicode')}\n{XPACKET_END}\n"
+
+
+def _remove_property(descriptions: list[ET.Element], tag: str) -> list[ET.Element]:
+    """Remove `tag` wherever it is (as an attribute or a child); return the removed elements."""
+    removed = []
+    for description in descriptions:
+        description.attrib.pop(tag, None)
+        for child in description.findall(tag):
+            description.remove(child)
+            removed.append(child)
+    return removed
+
+
+def _set_simple(descriptions: list[ET.Element], namespace: str, name: str, value: str | None) -> None:
+    tag = f"{{{namespace}}}{name}"
+    _remove_property(descriptions, tag)
+    if value is not None:
+        ET.SubElement(descriptions[0], tag).text = value
+
+
+def _set_language_alternative(descriptions: list[ET.Element], namespace: str, name: str, text: str) -> None:
+    """Set the x-default and en entries of an rdf:Alt property, keeping its other languages."""
+    tag = f"{{{namespace}}}{name}"
+    kept: list[ET.Element] = []
+    for old in _remove_property(descriptions, tag):
+        alt = old.find(f"{{{RDF_NS}}}Alt")
+        if alt is not None:
+            kept += [li for li in alt.findall(f"{{{RDF_NS}}}li") if li.get(XML_LANG) not in CAPTION_LANGUAGES]
+    alt = ET.SubElement(ET.SubElement(descriptions[0], tag), f"{{{RDF_NS}}}Alt")
+    for language in CAPTION_LANGUAGES:  # x-default first: readers that take one value take the first
+        ET.SubElement(alt, f"{{{RDF_NS}}}li", {XML_LANG: language}).text = text
+    alt.extend(kept)
+
+
+# ---- embedding with exiftool ------------------------------------------------------------------------
+
+# exiftool writes only the XMP properties it knows; this config teaches it artcap's namespace.
+EXIFTOOL_CONFIG = f"""\
+%Image::ExifTool::UserDefined = (
+    'Image::ExifTool::XMP::Main' => {{
+        artcap => {{ SubDirectory => {{ TagTable => 'Image::ExifTool::UserDefined::artcap' }} }},
+    }},
+);
+%Image::ExifTool::UserDefined::artcap = (
+    GROUPS => {{ 0 => 'XMP', 1 => 'XMP-artcap', 2 => 'Image' }},
+    NAMESPACE => {{ 'artcap' => '{ARTCAP_NS}' }},
+    WRITABLE => 'string',
+    Model => {{ }},
+    Decoding => {{ }},
+    Emotion => {{ }},
+);
+1;
+"""
+
+
+def find_exiftool() -> str:
+    """The exiftool executable, or a one-line ArtcapError saying how to get it."""
+    path = shutil.which("exiftool")
+    if path is None:
+        raise ArtcapError(f"--embed needs exiftool, which is not on PATH: {EXIFTOOL_INSTALL_HINT}")
+    return path
+
+
+def exiftool_arguments(metadata: CaptionMetadata) -> list[str]:
+    """The exiftool tag assignments that write `metadata` (the same properties as a sidecar)."""
+    caption = _one_line(metadata.caption)
+    arguments = []
+    for group, name in [("XMP-iptcCore", "AltTextAccessibility"), ("XMP-dc", "Description")]:
+        arguments += [f"-{group}:{name}={caption}", f"-{group}:{name}-en={caption}"]
+    values = {"XMP-xmp:CreatorTool": metadata.creator_tool, "XMP-artcap:Model": metadata.model_id,
+              "XMP-artcap:Decoding": metadata.decoding_json, "XMP-artcap:Emotion": metadata.emotion}
+    arguments += [f"-{tag}={_one_line(value) if value is not None else ''}" for tag, value in values.items()]
+    return arguments
+
+
+class ExifTool:
+    """One exiftool process (`-stay_open`) that writes artcap's XMP into many image files.
+
+    Each `embed` is one exiftool command on the open process (no start-up per image); its output
+    says whether that file was updated, so a failure is reported for that image only. exiftool keeps
+    the untouched file as `NAME_original` unless `backup=False`; an existing `_original` is never
+    replaced, so it stays the true original when a job is re-run.
+    """
+
+    def __init__(self, *, backup: bool = True, executable: str | None = None):
+        self.backup = backup
+        executable = executable or find_exiftool()
+        fd, self._config = tempfile.mkstemp(prefix="artcap-exiftool-", suffix=".config")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(EXIFTOOL_CONFIG)
+        try:
+            # -config must come first; -@ - reads one argument per line from stdin.
+            self._process = subprocess.Popen(
+                [executable, "-config", self._config, "-stay_open", "True", "-@", "-"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as e:
+            os.unlink(self._config)
+            raise ArtcapError(f"{executable}: cannot start exiftool ({e.strerror or e}); {EXIFTOOL_INSTALL_HINT}") from None
+        self._sequence = 0
+
+    def embed(self, image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
+              emotion: str | None = None) -> str | None:
+        """Write the caption's XMP into `image`. Returns None, or a one-line error naming the image."""
+        image = Path(image)
+        if "\n" in str(image) or "\r" in str(image):
+            return f"{image}: exiftool cannot be given a file name with a line break; rename the file"
+        if not image.is_file():
+            return f"{image}: no such image file"
+        arguments = exiftool_arguments(CaptionMetadata(caption, model_id, decoding, emotion))
+        arguments += ["-charset", "filename=utf8", "-m"]  # -m: minor warnings do not stop the write
+        if not self.backup:
+            arguments.append("-overwrite_original")
+        output = self.execute([*arguments, os.path.abspath(image)])
+        return _embed_error(image, output)
+
+    def execute(self, arguments: list[str]) -> str:
+        """Run one exiftool command on the open process; return what it printed (stdout and stderr)."""
+        if self._process.poll() is not None:
+            raise ArtcapError(f"exiftool stopped unexpectedly (exit code {self._process.returncode})")
+        self._sequence += 1
+        lines = [*arguments, f"-execute{self._sequence}"]
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(b"".join(os.fsencode(line) + b"\n" for line in lines))
+        self._process.stdin.flush()
+        ready = f"{{ready{self._sequence}}}".encode()
+        output = []
+        while (line := self._process.stdout.readline()):
+            if line.rstrip(b"\r\n") == ready:
+                return b"".join(output).decode("utf-8", "replace")
+            output.append(line)
+        raise ArtcapError(f"exiftool stopped unexpectedly: {_one_line(b''.join(output).decode('utf-8', 'replace'))}")
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                assert self._process.stdin is not None
+                self._process.stdin.write(b"-stay_open\nFalse\n")
+                self._process.stdin.close()
+                self._process.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._process.kill()
+                self._process.wait()
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+        if os.path.exists(self._config):
+            os.unlink(self._config)
+
+    def __enter__(self) -> "ExifTool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _embed_error(image: Path, output: str) -> str | None:
+    """None when exiftool's summary says the file was updated, else its error lines as one line."""
+    if re.search(r"^\s*1 image files? (updated|unchanged)", output, re.MULTILINE):
+        return None
+    errors = [line.strip() for line in output.splitlines() if line.strip().startswith("Error")]
+    reason = "; ".join(errors) or _one_line(output) or "exiftool wrote nothing"
+    reason = reason.replace(f" - {os.path.abspath(image)}", "")  # the path is named once, at the front
+    return f"{image}: exiftool could not write the metadata ({reason})"
+
+
+def embed_metadata(image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
+                   emotion: str | None = None, *, backup: bool = True) -> str | None:
+    """`ExifTool.embed` for a single image (a folder job keeps one ExifTool open instead)."""
+    with ExifTool(backup=backup) as exiftool:
+        return exiftool.embed(image, caption, model_id, decoding, emotion)
