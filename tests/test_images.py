@@ -1,8 +1,10 @@
-"""load_image / find_images on real files of every awkward kind, and the shipped example painting."""
+"""load_image / find_images on real files of every awkward kind, only the accepted formats, one
+normalisation for paths, PIL images and arrays (through the real shipped model), and the example painting."""
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import time
@@ -15,7 +17,10 @@ from PIL import Image, ImageFile, features
 
 from artcap.errors import ArtcapError
 from artcap.example import draw_example_painting, main as example_main
-from artcap.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, find_images, load_image
+from artcap.images import (
+    ACCEPTED_FORMATS, DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ImageLoadError, find_images, image_format, load_image,
+    to_rgb_image,
+)
 
 
 def noisy_rgb(width: int = 96, height: int = 64, seed: int = 0) -> Image.Image:
@@ -271,3 +276,158 @@ def test_min_size_decodes_big_jpegs_at_a_reduced_scale(tmp_path):
     reduced = load_image(path, min_size=224)
     assert 224 <= min(reduced.size) and reduced.size[0] < 2000  # 1/4 scale: 500x400
     assert load_image(path).size == (2000, 1600)
+
+
+# ---- only the accepted formats, told by content ---------------------------------------------
+
+
+def _saved(image: Image.Image, fmt: str, **args) -> bytes | None:
+    """`image` encoded by Pillow as `fmt`, or None when this Pillow cannot write it."""
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, fmt, **args)
+    except (OSError, KeyError, ValueError):
+        return None
+    return buffer.getvalue()
+
+
+# Formats Pillow reads (and writes) that the README does not list; each was accepted before.
+OTHER_FORMATS = ["PCX", "TGA", "PPM", "ICO", "SGI", "IM", "QOI", "DDS", "JPEG2000", "ICNS", "EPS", "BLP", "SPIDER"]
+UNSIGNED_FORMATS = {"TGA", "IM", "SPIDER"}  # Pillow tells them by trying to read them, not by a signature
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Pillow 13 deprecates writing IM
+@pytest.mark.parametrize("fmt", OTHER_FORMATS)
+def test_other_pillow_formats_are_refused_whatever_the_name(tmp_path, fmt):
+    data = _saved(Image.new("RGB", (64, 64), (200, 30, 30)), fmt)
+    if data is None:
+        pytest.skip(f"this Pillow cannot write {fmt}")
+    disguised = tmp_path / "painting.jpg"  # the name is never trusted
+    disguised.write_bytes(data)
+    error = assert_refused(disguised, "")
+    assert error.source == str(disguised) and "JPEG, PNG, WebP, BMP, TIFF or GIF" in str(error)
+    if fmt in UNSIGNED_FORMATS:  # no signature to tell them by
+        assert error.reason == "not an image" or error.reason.startswith("unsupported format (looks like ")
+    else:
+        assert error.reason == f"unsupported format (looks like {fmt})"
+    assert image_format(data) is None
+
+
+def test_eps_never_reaches_ghostscript(tmp_path, monkeypatch):
+    # A Ghostscript on PATH that leaves a mark if anyone runs it.
+    marker = tmp_path / "ghostscript-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    path = tmp_path / "poster.jpg"
+    path.write_bytes(_saved(Image.new("RGB", (16, 16), "blue"), "EPS"))
+    assert assert_refused(path, "unsupported format").reason == "unsupported format (looks like EPS)"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("fmt", ACCEPTED_FORMATS)
+def test_accepted_formats_are_read_whatever_the_name(tmp_path, fmt):
+    if fmt == "WEBP" and not features.check("webp"):
+        pytest.skip("Pillow built without WebP")
+    data = _saved(noisy_rgb(40, 30), fmt)
+    misnamed = tmp_path / "painting.gif.txt"
+    misnamed.write_bytes(data)
+    assert load_image(misnamed).size == (40, 30)
+    assert image_format(data) == fmt
+    assert image_format(b"not an image") is None
+
+
+# ---- the Python API: one normalisation for paths, PIL images and arrays ---------------------
+
+
+def _painting(width: int = 500, height: int = 300) -> Image.Image:
+    """A real-looking, non-square picture (the example painting, squashed)."""
+    return draw_example_painting().resize((width, height), Image.BICUBIC)
+
+
+def _same_caption_and_features(captioner, *inputs) -> str:
+    features = captioner.encode(list(inputs)).numpy()
+    for other in features[1:]:
+        np.testing.assert_allclose(other, features[0], atol=1e-5)
+    captions = captioner.caption(list(inputs))
+    assert len(set(captions)) == 1, captions
+    return captions[0]
+
+
+def test_path_pil_and_array_give_the_same_caption(captioner, tmp_path):
+    picture = _painting(500, 300)  # arrays used to skip the resize that files get
+    path = tmp_path / "painting.png"
+    picture.save(path)
+    caption = _same_caption_and_features(captioner, path, str(path), picture, np.asarray(picture))
+    assert caption.strip()
+    grey = picture.convert("L")
+    grey.save(tmp_path / "grey.png")
+    _same_caption_and_features(captioner, tmp_path / "grey.png", grey, np.asarray(grey), np.asarray(grey)[..., None])
+
+
+def test_16bit_pil_image_is_scaled_like_the_16bit_file(captioner, tmp_path):
+    grey16 = Image.fromarray(np.asarray(_painting().convert("L")).astype(np.uint16) * 257)
+    assert grey16.mode == "I;16"
+    path = tmp_path / "scan16.png"
+    grey16.save(path)
+    _same_caption_and_features(captioner, path, grey16)
+    assert np.asarray(to_rgb_image(grey16)).mean() == pytest.approx(np.asarray(_painting().convert("L")).mean(), abs=1)
+
+
+def test_rgba_pil_image_and_array_go_over_white_like_the_rgba_file(captioner, tmp_path):
+    rgba = _painting().convert("RGBA")
+    alpha = np.zeros((300, 500), np.uint8)
+    alpha[:, 250:] = 255  # the left half transparent, its colours still stored behind
+    rgba.putalpha(Image.fromarray(alpha))
+    path = tmp_path / "cutout.png"
+    rgba.save(path)
+    _same_caption_and_features(captioner, path, rgba, np.asarray(rgba))
+    assert to_rgb_image(rgba).getpixel((10, 10)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize("array,expected", [
+    (np.zeros((32, 32, 3), np.float32), "convert to uint8 0..255"),
+    (np.ones((32, 32, 3), bool), "convert to uint8 0..255"),
+    (np.zeros((32, 32, 3), np.uint16), "convert to uint8 0..255"),
+    (np.zeros((3, 32, 32), np.uint8), "array.transpose(1, 2, 0)"),
+    (np.zeros((32, 32, 2), np.uint8), "HxWx3"),
+    (np.zeros((2, 32, 32, 3), np.uint8), "HxWx3"),
+    (np.zeros((0, 32, 3), np.uint8), "empty array"),
+])
+def test_unusable_arrays_are_refused_saying_what_to_pass(captioner, array, expected):
+    with pytest.raises(ImageLoadError) as caught:
+        captioner.caption([np.zeros((8, 8, 3), np.uint8), array])
+    message = str(caught.value)
+    assert message.startswith("images[1]: ") and expected in message and "\n" not in message
+
+
+def test_a_single_path_or_pil_image_is_one_image(captioner, tmp_path):
+    path = tmp_path / "one.png"
+    _painting().save(path)
+    by_path = captioner.caption(str(path))
+    assert isinstance(by_path, list) and len(by_path) == 1
+    assert captioner.caption(path) == captioner.caption(_painting()) == by_path
+    with pytest.raises(ArtcapError, match=r"pass a list of images, e\.g\. \[array\]"):
+        captioner.caption(np.asarray(_painting()))  # one image or a batch? refused, not guessed
+    with pytest.raises(ArtcapError, match="cannot caption a int"):
+        captioner.caption(7)
+    with pytest.raises(ImageLoadError, match=r"images\[0\]: cannot caption a dict"):
+        captioner.caption([{"image": "one.png"}])
+    with pytest.raises(ImageLoadError, match="missing.png: file not found"):
+        captioner.caption(str(tmp_path / "missing.png"))
+    assert captioner.caption([]) == []
+
+
+def test_caller_images_are_not_changed(tmp_path):
+    stored = Image.new("RGBA", (40, 20), (0, 0, 255, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.info["exif"] = exif.tobytes()
+    before = stored.tobytes()
+    array = np.asarray(stored).copy()
+    rgb = to_rgb_image(stored)
+    assert rgb.mode == "RGB" and stored.mode == "RGBA" and stored.tobytes() == before
+    to_rgb_image(array)
+    assert (array == np.asarray(stored)).all()

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,13 +19,14 @@ from .checkpoint import load_model_dir, read_encoder_state
 from .decode import generate
 from .encoders import Encoder, create_encoder
 from .errors import ArtcapError
-from .images import load_image
+from .images import to_rgb_image
 from .model import MergeDecoder
 from .text import Vocabulary
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
 
 ImageInput = Image.Image | np.ndarray | str | Path
+"""A path (str or Path), a PIL image, or a uint8 numpy array (HxWx3, HxW or HxWx4): see images.to_rgb_image."""
 
 
 class Captioner:
@@ -61,13 +63,16 @@ class Captioner:
     def max_len(self) -> int:
         return int(self.config["max_len"])
 
-    def preprocess(self, images: Sequence[ImageInput]) -> torch.Tensor:
-        """Decode (paths), resize and stack into the uint8 batch the encoder reads."""
-        arrays = []
-        for image in images:
-            if isinstance(image, (str, Path)):
-                image = load_image(image, min_size=self.encoder.image_size)
-            arrays.append(image if isinstance(image, np.ndarray) else self.encoder.to_array(image))
+    def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
+        """Normalise every image the one way files are (images.to_rgb_image: paths, PIL images and
+        arrays alike, so the same pixels give the same caption), resize and stack into the uint8
+        batch the encoder reads. A bad image raises ImageLoadError naming it (path or images[i])."""
+        size = self.encoder.image_size
+        images = image_list(images)
+        if not images:
+            raise ArtcapError("no images given; pass a list of paths, PIL images or uint8 arrays")
+        arrays = [self.encoder.to_array(to_rgb_image(image, name=_image_label(i, image), min_size=size))
+                  for i, image in enumerate(images)]
         return self.encoder.preprocess(arrays)
 
     @torch.inference_mode()
@@ -92,8 +97,35 @@ class Captioner:
 
     def caption(self, images: Sequence[ImageInput] | torch.Tensor, beam: int | None = None,
                 max_len: int | None = None, no_repeat_ngram: int | None = None) -> list[str]:
-        """One caption per image. Images: PIL images, uint8 HWC arrays, or paths (a bad file raises
-        ImageLoadError naming it). beam=1 is greedy search; None uses the model's default."""
-        if not isinstance(images, torch.Tensor) and len(images) == 0:
-            return []
+        """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
+        HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
+        image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
+        beam=1 is greedy search; None uses the model's default."""
+        if not isinstance(images, torch.Tensor):
+            images = image_list(images)
+            if not images:
+                return []
         return self.caption_features(self.encode(images), beam, max_len, no_repeat_ngram)
+
+
+def image_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
+    """The images of a call as a list: a single path, bytes or PIL image is one image (not a
+    sequence of characters); a bare array is refused, as it could be one image or a batch."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
+        return [images]
+    if isinstance(images, np.ndarray):
+        raise ArtcapError(
+            f"got one numpy array of shape {'x'.join(map(str, images.shape))}: pass a list of images, "
+            "e.g. [array] for one HxWx3 image, or list(batch) for a batch"
+        )
+    try:
+        return list(images)
+    except TypeError:
+        raise ArtcapError(
+            f"cannot caption a {type(images).__name__}; pass a list of paths, PIL images or uint8 arrays"
+        ) from None
+
+
+def _image_label(index: int, image: ImageInput) -> str | None:
+    """How messages name an image: its path (load_image's default) or its place in the list."""
+    return None if isinstance(image, (str, os.PathLike)) else f"images[{index}]"

@@ -1,7 +1,10 @@
-"""Load any image a user hands us as a fully decoded 8-bit RGB picture, or refuse it in one line.
+"""Turn any image a user hands us (a file, bytes, a PIL image, a numpy array) into a fully decoded
+8-bit RGB picture, or refuse it in one line.
 
-Every failure (missing, empty, not an image, truncated, too big, odd colour mode) becomes an
-`ImageLoadError`; no Pillow exception or warning reaches the caller.
+Only the formats the README lists are read (ACCEPTED_FORMATS), whatever the file is called.
+Every failure (missing, empty, not an image, another format, truncated, too big, odd colour mode,
+an array of the wrong shape or type) becomes an `ImageLoadError`; no Pillow exception or warning
+reaches the caller.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ from artcap.errors import ArtcapError
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images with more pixels than this (decompression-bomb guard; ~160 MB as decoded RGBA)."""
 
+ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+"""Pillow format names of the only formats artcap decodes (told by content, never by file name).
+The rest of Pillow's ~40 readers (EPS via Ghostscript, ICO, PCX, TGA, JPEG 2000, ...) stay unused:
+less untrusted-file surface, and one list the README, the CLI and the web app share."""
+
+ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
+"""ACCEPTED_FORMATS as people write them, for messages."""
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 )
@@ -32,7 +43,8 @@ _HINTS = {
     "is a folder": "pass an image file, or use the folder as an input to search it for images",
     "permission denied": "make the file readable",
     "zero bytes": "the file is empty; re-download or re-export it",
-    "not an image": "open it in an image viewer, or re-save it as JPEG or PNG",
+    "not an image": f"artcap reads {ACCEPTED_FORMATS_TEXT}; open it in an image viewer, or re-save it as JPEG or PNG",
+    "unsupported format": f"artcap reads {ACCEPTED_FORMATS_TEXT}; re-save it as JPEG or PNG",
     "truncated or corrupt": "the file is incomplete or damaged; re-download or re-export it",
     "unsupported colour mode": "re-save it as an 8-bit RGB JPEG or PNG",
 }
@@ -40,6 +52,7 @@ _HINTS = {
 # Modes holding more than 8 bits per sample; scaled (not clipped) to 8-bit grey.
 _HIGH_BIT_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_EXIF_ORIENTATION = 0x0112
 
 # warnings.catch_warnings() swaps the process-wide filter list and is not thread-safe before
 # Python 3.14; the lock keeps concurrent loads (e.g. web-server worker threads) from
@@ -109,6 +122,50 @@ def load_image(
     return _decode(io.BytesIO(data), label, max_pixels, min_size)
 
 
+def image_format(data: bytes) -> str | None:
+    """The Pillow name of the format of an encoded image (one of ACCEPTED_FORMATS: "JPEG" ... "GIF";
+    "MPO" for multi-picture JPEGs), read from its header only, or None when artcap does not read it.
+    For callers that must answer before decoding (the web app's 415), using the same readers as
+    `load_image`."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+                return image.format
+        except Exception:  # not an accepted format, or a broken header: load_image says which
+            return None
+
+
+def to_rgb_image(
+    image: str | os.PathLike | bytes | Image.Image | np.ndarray,
+    *,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_size: int | None = None,
+) -> Image.Image:
+    """The one way an image of any kind becomes 8-bit RGB, so that a painting gives the same pixels
+    (and caption) however it is handed over:
+
+    - a path or bytes: decoded by `load_image` (accepted formats only);
+    - a PIL image: EXIF orientation, 16-bit scaling, CMYK and transparency handled as for files;
+    - a numpy array: uint8 HxW (grey), HxWx1, HxWx3 (RGB) or HxWx4 (RGBA, composited over white).
+
+    The caller's image or array is never modified. Anything else raises ImageLoadError saying
+    what is accepted. `name` labels the image in messages (default: the path, or "image").
+    """
+    if isinstance(image, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return load_image(image, max_pixels=max_pixels, name=name, min_size=min_size)
+    label = name or "image"
+    if isinstance(image, np.ndarray):
+        image = _array_to_image(image, label)
+    elif not isinstance(image, Image.Image):
+        raise ImageLoadError(
+            label, f"cannot caption a {type(image).__name__}",
+            "pass a file path, a PIL image or a uint8 numpy array (HxWx3 RGB, HxW grey or HxWx4 RGBA)",
+        )
+    return _normalise_pil(image, label, max_pixels)
+
+
 def find_images(
     inputs: Sequence[str | Path], recursive: bool = False
 ) -> tuple[list[Path], list[ImageLoadError]]:
@@ -175,9 +232,11 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int, min_size: int | None = No
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            image = Image.open(fp)
+            image = Image.open(fp, formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
-            raise ImageLoadError(label, "not an image") from None
+            other = _other_format(fp)
+            reason = f"unsupported format (looks like {other})" if other else "not an image"
+            raise ImageLoadError(label, reason) from None
         except Image.DecompressionBombError as e:
             # Above twice Image.MAX_IMAGE_PIXELS Pillow refuses on its own, whatever max_pixels is.
             reason = _too_many_pixels_reason(e, max_pixels)
@@ -208,6 +267,76 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int, min_size: int | None = No
             raise ImageLoadError(label, f"unsupported colour mode ({image.mode})") from None
         # An RGB animation is still tied to its (soon closed) file; hand back a plain frame.
         return rgb.copy() if rgb is image and getattr(image, "n_frames", 1) > 1 else rgb
+
+
+def _other_format(fp: BinaryIO) -> str | None:
+    """Guess the Pillow format a refused file is in (for the message), from its first bytes only:
+    only the readers' signature checks run, never a reader (EPS would start Ghostscript). Some
+    signatures are weak (a TGA passes CUR's), hence "looks like" in the message."""
+    try:
+        fp.seek(0)
+        prefix = fp.read(16)
+        Image.init()
+        for name in Image.ID:
+            accept = Image.OPEN[name][1]
+            if name not in ACCEPTED_FORMATS and accept is not None and accept(prefix) is True:
+                return name
+    except Exception:  # a signature check that chokes on odd bytes just means "no name"
+        pass
+    return None
+
+
+_ARRAY_HINT = (
+    "pass uint8 arrays of shape HxWx3 (RGB), HxW (grey) or HxWx4 (RGBA, composited over white)"
+)
+
+
+def _array_to_image(array: np.ndarray, label: str) -> Image.Image:
+    """A PIL image of the array's pixels, or ImageLoadError saying what shape and type to pass."""
+    shape = "x".join(map(str, array.shape))
+    if array.dtype != np.uint8:
+        advice = (
+            "convert to uint8 0..255, e.g. (array * 255).round().astype(np.uint8) for floats in 0..1"
+            if array.dtype.kind == "f"
+            else "convert to uint8 0..255"
+        )
+        raise ImageLoadError(label, f"unsupported array type {array.dtype} (shape {shape})",
+                             f"{advice}; {_ARRAY_HINT}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[2] not in (3, 4):
+        raise ImageLoadError(label, f"unsupported array shape {shape} (channels first)",
+                             "move the channels last: array.transpose(1, 2, 0)")
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
+        raise ImageLoadError(label, f"unsupported array shape {shape}", _ARRAY_HINT)
+    if array.size == 0:
+        raise ImageLoadError(label, f"empty array (shape {shape})", _ARRAY_HINT)
+    return Image.fromarray(np.ascontiguousarray(array))  # uint8: L, RGB or RGBA by shape
+
+
+def _normalise_pil(image: Image.Image, label: str, max_pixels: int) -> Image.Image:
+    """A caller's PIL image through the same steps as a decoded file, without changing it."""
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageLoadError(label, f"too many pixels ({width * height:,} > {max_pixels:,})",
+                             f"it is {width}x{height}; downscale it or raise the pixel limit")
+    if width == 0 or height == 0:
+        raise ImageLoadError(label, f"empty image ({width}x{height})", "pass an image with pixels")
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            image.load()  # a lazily opened file: decode it now, so a broken one is named here
+        except Exception:
+            raise ImageLoadError(label, "truncated or corrupt") from None
+        try:
+            if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)  # a rotated copy: the caller's image is kept
+        except Exception:
+            pass  # unreadable EXIF: keep the stored orientation, as for files
+        try:
+            return _to_rgb(image)
+        except Exception:
+            raise ImageLoadError(label, f"unsupported colour mode ({image.mode})") from None
 
 
 def _too_many_pixels_reason(error: Exception, max_pixels: int) -> str:
