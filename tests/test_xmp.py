@@ -1,0 +1,227 @@
+"""XMP sidecars and embedded XMP, read back by exiftool (the tool archives use), on real images."""
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artcap import __version__
+from artcap.errors import ArtcapError
+from artcap.example import draw_example_painting
+from artcap.xmp import ARTCAP_NS, ExifTool, embed_metadata, sidecar_path, write_sidecar
+
+EXIFTOOL = shutil.which("exiftool")
+needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed "
+                                    "(apt-get install libimage-exiftool-perl; CI installs it)")
+CAPTION_TAGS = ["-XMP-iptcCore:AltTextAccessibility", "-XMP-iptcCore:AltTextAccessibility-en",
+                "-XMP-dc:Description", "-XMP-dc:Description-en", "-XMP-xmp:CreatorTool", "-XMP-artcap:all"]
+
+
+def read_back(*paths: Path, tags=CAPTION_TAGS) -> dict[str, dict]:
+    """exiftool's own reading of the files: {file name: {GROUP:TAG: value}}."""
+    result = subprocess.run([EXIFTOOL, "-j", "-G1", "-struct", *tags, *map(str, paths)],
+                            capture_output=True, text=True, check=True)
+    return {Path(r["SourceFile"]).name: r for r in json.loads(result.stdout)}
+
+
+def assert_caption_fields(record: dict, caption: str, model_id: str, decoding: dict, emotion=None) -> None:
+    assert record["XMP-iptcCore:AltTextAccessibility"] == caption
+    assert record["XMP-iptcCore:AltTextAccessibility-en"] == caption
+    assert record["XMP-dc:Description"] == caption
+    assert record["XMP-dc:Description-en"] == caption
+    assert record["XMP-xmp:CreatorTool"] == f"artcap {__version__}"
+    assert record["XMP-artcap:Model"] == model_id
+    assert json.loads(record["XMP-artcap:Decoding"]) == decoding
+    assert record.get("XMP-artcap:Emotion") == emotion
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def paintings(tmp_path) -> dict[str, Path]:
+    """Real images in the three containers archives hold: the same stem as JPEG, PNG and TIFF (so
+    their sidecars must not collide), and a second, different JPEG."""
+    folder = tmp_path / "collection"
+    folder.mkdir()
+    painting = draw_example_painting(256)
+    paths = {"jpg": folder / "landscape.jpg", "png": folder / "landscape.png", "tif": folder / "landscape.tif",
+             "crop": folder / "detail.jpg"}
+    painting.save(paths["jpg"], quality=90)
+    painting.save(paths["png"])
+    painting.save(paths["tif"])
+    painting.crop((0, 0, 128, 128)).resize((256, 256)).save(paths["crop"], quality=90)
+    return paths
+
+
+def test_sidecar_is_named_after_the_whole_file_name(tmp_path):
+    assert sidecar_path(Path("c/a.jpg")) == Path("c/a.jpg.xmp")
+    assert sidecar_path(Path("c/a.jpg")) != sidecar_path(Path("c/a.tif"))
+    collection = tmp_path / "collection"
+    assert sidecar_path(collection / "sub" / "a.jpg", xmp_dir=tmp_path / "meta", root=collection) == \
+        tmp_path / "meta" / "sub" / "a.jpg.xmp"
+    # an image outside the root keeps its absolute path under the mirror, never escapes it
+    outside = sidecar_path(tmp_path / "elsewhere" / "b.png", xmp_dir=tmp_path / "meta", root=collection)
+    assert outside.is_relative_to(tmp_path / "meta") and outside.name == "b.png.xmp"
+
+
+@pytest.mark.slow
+@needs_exiftool
+def test_sidecars_hold_the_real_captions(captioner, paintings):
+    images = list(paintings.values())
+    decoding = captioner.decoding.to_dict()
+    captions = captioner.caption(images)
+    before = {p: digest(p) for p in images}
+    for image, caption in zip(images, captions):
+        assert write_sidecar(image, caption, captioner.model_id, decoding) is None
+    sidecars = [sidecar_path(p) for p in images]
+    assert len(set(sidecars)) == len(images)  # landscape.jpg / .png / .tif: three sidecars
+    records = read_back(*sidecars)
+    for image, sidecar, caption in zip(images, sidecars, captions):
+        assert_caption_fields(records[sidecar.name], caption, captioner.model_id, decoding)
+        assert digest(image) == before[image]  # the original is never touched
+    folder = images[0].parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([p.name for p in images] + [s.name for s in sidecars])
+
+
+@needs_exiftool
+def test_an_existing_sidecar_keeps_its_other_fields(paintings):
+    image = paintings["jpg"]
+    sidecar = sidecar_path(image)
+    # a curator's sidecar, written by exiftool as archives do
+    subprocess.run([EXIFTOOL, "-q", "-o", str(sidecar), "-XMP-xmp:Rating=4", "-XMP-dc:Subject=landscape",
+                    "-XMP-dc:Subject=sunset", "-XMP-dc:Title=Evening lake", "-XMP-dc:Description-fr=un lac le soir",
+                    "-XMP-dc:Description=curator's old text", "-XMP-photoshop:Headline=Study", str(image)], check=True)
+    kept = ["-XMP-xmp:Rating", "-XMP-dc:Subject", "-XMP-dc:Title", "-XMP-dc:Description-fr", "-XMP-photoshop:Headline",
+            "-XMP-tiff:ImageWidth"]
+    original = read_back(sidecar, tags=kept)[sidecar.name]
+    assert original["XMP-xmp:Rating"] == 4 and original["XMP-dc:Subject"] == ["landscape", "sunset"]
+
+    assert write_sidecar(image, "a lake at sunset", "artcap-default", {"beam": 5}, emotion="contentment") is None
+    record = read_back(sidecar, tags=[*CAPTION_TAGS, *kept])[sidecar.name]
+    assert_caption_fields(record, "a lake at sunset", "artcap-default", {"beam": 5}, emotion="contentment")
+    assert {k: record[k] for k in original if k != "SourceFile"} == {k: v for k, v in original.items() if k != "SourceFile"}
+
+    # re-captioning without an emotion removes the stale one and still keeps the curator's fields
+    assert write_sidecar(image, "a lake", "other-model", {"beam": 1}) is None
+    record = read_back(sidecar, tags=[*CAPTION_TAGS, *kept])[sidecar.name]
+    assert_caption_fields(record, "a lake", "other-model", {"beam": 1}, emotion=None)
+    assert record["XMP-dc:Description-fr"] == "un lac le soir" and record["XMP-xmp:Rating"] == 4
+
+
+@needs_exiftool
+def test_an_adobe_style_sidecar_with_attributes_and_unknown_namespaces(paintings):
+    """Lightroom writes simple properties as attributes and uses namespaces artcap does not know."""
+    image = paintings["tif"]
+    sidecar = sidecar_path(image)
+    sidecar.write_text(
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/" '
+        'xmlns:lr="http://ns.adobe.com/lightroom/1.0/" xmlns:museum="http://example.org/museum/1.0/" '
+        'xmp:Rating="2" xmp:CreatorTool="Adobe Lightroom" museum:Accession="1921.7">'
+        '<lr:hierarchicalSubject><rdf:Bag><rdf:li>Places|Lake</rdf:li></rdf:Bag></lr:hierarchicalSubject>'
+        '</rdf:Description></rdf:RDF></x:xmpmeta>', encoding="utf-8")
+    caption = 'a "lake" <at> dusk & a tree — é'
+    assert write_sidecar(image, caption, "artcap-default", {"beam": 5}) is None
+    record = read_back(sidecar, tags=[*CAPTION_TAGS, "-XMP-xmp:Rating", "-XMP-lr:HierarchicalSubject",
+                                      "-XMP-museum:all"])[sidecar.name]
+    assert_caption_fields(record, caption, "artcap-default", {"beam": 5})
+    assert record["XMP-xmp:Rating"] == 2
+    assert record["XMP-lr:HierarchicalSubject"] == ["Places|Lake"]
+    assert record["XMP-museum:Accession"] == 1921.7
+    text = sidecar.read_text(encoding="utf-8")
+    assert 'xmlns:museum="http://example.org/museum/1.0/"' in text  # its prefix kept, not ns0
+    assert "Adobe Lightroom" not in text and ARTCAP_NS in text
+
+
+def test_an_unreadable_sidecar_is_left_alone(paintings):
+    image = paintings["png"]
+    sidecar = sidecar_path(image)
+    sidecar.write_bytes(b"<x:xmpmeta not closed")
+    error = write_sidecar(image, "a caption", "m", {"beam": 1})
+    assert error is not None and "\n" not in error and str(sidecar) in error
+    assert sidecar.read_bytes() == b"<x:xmpmeta not closed"
+    sidecar.write_text("<html><body>not xmp</body></html>")
+    error = write_sidecar(image, "a caption", "m", {"beam": 1})
+    assert error is not None and "rdf:RDF" in error and sidecar.read_text() == "<html><body>not xmp</body></html>"
+
+
+@needs_exiftool
+def test_xmp_dir_writes_a_mirror_tree_and_nothing_beside_the_images(tmp_path, paintings):
+    collection = paintings["jpg"].parent
+    nested = collection / "room 2" / "wall.jpg"
+    nested.parent.mkdir()
+    shutil.copy(paintings["crop"], nested)
+    listing = sorted(p.relative_to(collection) for p in collection.rglob("*"))
+    mirror = tmp_path / "metadata"
+    for image, caption in [(paintings["jpg"], "first"), (nested, "second")]:
+        target = sidecar_path(image, xmp_dir=mirror, root=collection)
+        assert write_sidecar(image, caption, "m", {"beam": 2}, sidecar=target) is None
+    assert sorted(p.relative_to(collection) for p in collection.rglob("*")) == listing
+    records = read_back(mirror / "landscape.jpg.xmp", mirror / "room 2" / "wall.jpg.xmp")
+    assert records["landscape.jpg.xmp"]["XMP-iptcCore:AltTextAccessibility"] == "first"
+    assert records["wall.jpg.xmp"]["XMP-iptcCore:AltTextAccessibility"] == "second"
+
+
+def test_an_unwritable_sidecar_location_is_one_line_naming_it(tmp_path, paintings):
+    blocker = tmp_path / "meta"
+    blocker.write_text("a file where the mirror folder should be")
+    target = sidecar_path(paintings["jpg"], xmp_dir=blocker, root=paintings["jpg"].parent)
+    error = write_sidecar(paintings["jpg"], "a caption", "m", {"beam": 1}, sidecar=target)
+    assert error is not None and "\n" not in error and str(target) in error and "--xmp-dir" in error
+
+
+@needs_exiftool
+@pytest.mark.parametrize("backup", [True, False])
+def test_embed_writes_jpeg_png_tiff_and_reads_back(paintings, backup):
+    images = [paintings["jpg"], paintings["png"], paintings["tif"]]
+    originals = {p: (digest(p), np.asarray(Image.open(p).convert("RGB"))) for p in images}
+    captions = {p: f"a {p.suffix[1:]} landscape at sunset" for p in images}
+    with ExifTool(backup=backup) as exiftool:
+        for image in images:
+            assert exiftool.embed(image, captions[image], "artcap-default", {"beam": 5}, "awe") is None
+    records = read_back(*images)
+    for image in images:
+        assert_caption_fields(records[image.name], captions[image], "artcap-default", {"beam": 5}, emotion="awe")
+        assert np.array_equal(np.asarray(Image.open(image).convert("RGB")), originals[image][1])  # pixels untouched
+        backup_file = image.with_name(image.name + "_original")
+        assert backup_file.exists() == backup
+        if backup:
+            assert digest(backup_file) == originals[image][0]
+    if backup:  # a second run keeps the first backup: it stays the true original
+        assert embed_metadata(images[0], "again", "m", {"beam": 1}) is None
+        assert digest(images[0].with_name(images[0].name + "_original")) == originals[images[0]][0]
+        assert read_back(images[0])[images[0].name]["XMP-dc:Description"] == "again"
+
+
+@needs_exiftool
+def test_embed_reports_each_failing_image_and_goes_on(tmp_path, paintings):
+    not_an_image = tmp_path / "notes.jpg"
+    not_an_image.write_text("this is a text file")
+    missing = tmp_path / "gone.jpg"
+    with ExifTool() as exiftool:
+        results = {p: exiftool.embed(p, "a caption", "m", {"beam": 1})
+                   for p in [not_an_image, missing, paintings["jpg"]]}
+    assert results[paintings["jpg"]] is None
+    for bad in (not_an_image, missing):
+        assert results[bad] is not None and "\n" not in results[bad] and results[bad].startswith(str(bad))
+    assert "Not a valid JPG" in results[not_an_image]
+    assert not_an_image.read_text() == "this is a text file"
+    assert read_back(paintings["jpg"])[paintings["jpg"].name]["XMP-dc:Description"] == "a caption"
+
+
+def test_embed_without_exiftool_is_one_line(monkeypatch, tmp_path, paintings):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH on which there is no exiftool
+    before = digest(paintings["jpg"])
+    for attempt in (lambda: ExifTool(), lambda: embed_metadata(paintings["jpg"], "c", "m", {"beam": 1})):
+        with pytest.raises(ArtcapError) as info:
+            attempt()
+        message = str(info.value)
+        assert "\n" not in message and "exiftool" in message and "apt-get install libimage-exiftool-perl" in message
+    assert digest(paintings["jpg"]) == before
