@@ -85,9 +85,8 @@ def test_caption_a_real_painting(client, captioner, paintings, artemis_words):
     response = post_image(client, data, paintings[0].name)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == captioner.model_id and body["beam"] == 1
-    assert body["caption"] == body["captions"]["greedy"]
-    assert body["captions"].get("beam") is None
+    assert body["model"] == captioner.model_id and body["beam"] == captioner.decoding.beam
+    assert body["caption"] == (body["captions"]["beam"] or body["captions"]["greedy"])
     assert_real_words(body["caption"], artemis_words)
     with Image.open(paintings[0]) as image:
         assert (body["image"]["width"], body["image"]["height"]) == image.size
@@ -239,3 +238,46 @@ def test_serve_refuses_a_port_in_use_in_one_line():
         port = taken.getsockname()[1]
         with pytest.raises(ArtcapError, match=f"127.0.0.1:{port}.*pick another --port"):
             serve(port=port)
+
+
+# ----------------------------------------------------------------------------- issue 7/8: trust
+def test_truncated_multipart_body_is_400_not_500(client):
+    for body in (b"--XYZ\r\n", b'--XYZ\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'):
+        response = client.post("/v1/captions", content=body, headers={"content-type": "multipart/form-data; boundary=XYZ"})
+        assert "multipart" in assert_json_error(response, 400)
+
+
+def test_head_of_the_page_is_200_without_a_body(client):
+    response = client.head("/")
+    assert response.status_code == 200 and response.content == b""
+    assert response.headers["content-type"].startswith("text/html")
+
+
+def test_every_answer_says_nosniff(client):
+    for response in (client.get("/"), client.get("/static/app.js"), client.get("/healthz"), client.get("/v1/limits"),
+                     client.get("/nope"), client.post("/v1/captions", content=b"x", headers={"content-type": "text/plain"})):
+        assert response.headers.get("x-content-type-options") == "nosniff", response.request.url
+
+
+def test_beam_omitted_uses_the_models_default_decoding(client, captioner, paintings):
+    default = captioner.decoding
+    limits = client.get("/v1/limits").json()
+    assert limits["default_decoding"] == default.to_dict()
+    body = post_image(client, paintings[2].read_bytes()).json()
+    assert (body["beam"], body["max_len"]) == (default.beam, default.max_len)
+    expected = captioner.caption([paintings[2]])[0]  # the CLI's path: the model's default decoding
+    assert body["caption"] == expected
+    assert body["captions"]["greedy"] == captioner.caption([paintings[2]], beam=1)[0]
+    assert (body["captions"]["beam"] is not None) == (default.beam > 1)
+
+
+def test_a_big_jpeg_is_captioned_like_the_cli_and_reports_its_real_size(client, captioner, paintings, tmp_path):
+    path = tmp_path / "big.jpg"  # decoded at a reduced scale (JPEG draft), reported at its real size
+    with Image.open(paintings[3]) as painting:
+        painting.convert("RGB").resize((2400, 1600), Image.BICUBIC).save(path, quality=85)
+    assert path.stat().st_size < UPLOAD_LIMIT
+    response = post_image(client, path.read_bytes(), "big.jpg", beam="1")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["image"]["width"], body["image"]["height"]) == (2400, 1600)
+    assert body["caption"] == captioner.caption([path], beam=1)[0]

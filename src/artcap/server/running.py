@@ -1,0 +1,86 @@
+"""Run the app: `serve` (the CLI's, blocking) and `serve_in_background` (tests, benchmarks)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+from fastapi import FastAPI
+
+from artcap.errors import ArtcapError
+from artcap.server.app import create_app
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line instead of uvicorn's log-and-exit when the address is taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise ArtcapError(f"--host {host!r} is not a usable address ({err}); try 127.0.0.1") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as err:
+            raise ArtcapError(f"cannot listen on {host}:{port} ({err.strerror}); pick another --port") from None
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """torch's intra-op threads for inference (None: torch's default, one per core)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ArtcapError(f"--threads must be a whole number >= 1, got {threads!r}")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, *, threads: int | None = None,
+          **limits: Any) -> None:
+    """Load the model and serve the page and API with uvicorn until Ctrl-C. Binds localhost by
+    default; `threads` sets torch's thread count; `limits` are ServerSettings fields
+    (max_upload_bytes, max_pixels, ...)."""
+    import uvicorn
+
+    from artcap.captioner import Captioner
+    from artcap.server.settings import ServerSettings
+
+    settings = ServerSettings.from_keywords(**limits)  # bad limits fail before the model loads
+    set_torch_threads(threads)
+    _check_port_free(host, port)
+    captioner = Captioner.load(model)
+    app = create_app(captioner, settings)
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"artcap: serving model {captioner.model_id} at http://{shown_host}:{port}/ (API docs at /docs); Ctrl-C stops")
+    uvicorn.run(app, host=host, port=port, log_level="info")
+
+
+@contextlib.contextmanager
+def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` under a real uvicorn server in a daemon thread; yield its base URL
+    (port 0 = a free port picked by the OS). For tests, benchmarks and scripts."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="artcap-uvicorn")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the uvicorn server did not start; see its log above")
+            time.sleep(0.02)
+        yield f"http://{host}:{bound_port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
