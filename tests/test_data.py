@@ -121,3 +121,108 @@ def test_bad_csv_gets_one_line_naming_the_row(tmp_path, case, capsys):
 def test_missing_files_are_named(tmp_path):
     with pytest.raises(ArtcapError, match="nope.csv: no such file"):
         read_annotations(tmp_path / "nope.csv", tmp_path)
+
+
+# ---- odd data: tiny sets, duplicates, ragged rows -------------------------------------------
+
+
+def _paintings(tmp_path, n):
+    """A real images folder with n small paintings, and one ArtEmis row per painting."""
+    from PIL import Image
+
+    folder = tmp_path / "wikiart" / "Cubism"
+    folder.mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        Image.new("RGB", (8, 8), (i * 20 % 256, 0, 0)).save(folder / f"p{i}.jpg")
+        rows.append(["Cubism", f"p{i}", "awe", f"the red square number {i} makes me calm", 1])
+    return tmp_path / "wikiart", rows
+
+
+def test_one_painting_is_refused_with_the_split_sizes(tmp_path):
+    images, rows = _paintings(tmp_path, 1)
+    annotations = read_annotations(_write_csv(tmp_path / "one.csv", rows), images)
+    with pytest.raises(ArtcapError) as caught:
+        prepare(annotations, "paper")
+    assert str(caught.value) == (
+        "1 painting split 85/5/10 into 0/0/1 (train/val/test): no training painting; "
+        "need at least 2 paintings with captions"
+    )
+
+
+def test_ten_paintings_leave_val_empty_training_can_refuse_early(tmp_path, caplog):
+    images, rows = _paintings(tmp_path, 10)
+    annotations = read_annotations(_write_csv(tmp_path / "ten.csv", rows), images)
+    with caplog.at_level("WARNING", logger="artcap"):
+        data = prepare(annotations, "paper")  # evaluation needs no val split: a warning only
+    assert [r.getMessage() for r in caplog.records] == [
+        "10 paintings split 85/5/10 into 8/0/2 (train/val/test): no validation painting; "
+        "need at least 20 paintings with captions"
+    ]
+    assert (data.split_sizes().train, data.split_sizes().val, data.split_sizes().test) == (8, 0, 2)
+    expected = "10 paintings split 85/5/10 into 8/0/2 (train/val/test): no validation painting"
+    with pytest.raises(ArtcapError, match=re.escape(expected)):
+        data.require_splits("train", "val")
+    with pytest.raises(ArtcapError, match=re.escape(expected)):
+        prepare(annotations, "paper", require=("train", "val"))
+    data.require_splits("train", "test")  # both have paintings
+
+
+def test_twenty_paintings_fill_every_split(tmp_path):
+    images, rows = _paintings(tmp_path, 20)
+    data = prepare(read_annotations(_write_csv(tmp_path / "twenty.csv", rows), images), "paper",
+                   require=("train", "val", "test"))
+    assert str(data.split_sizes()) == "20 paintings split 85/5/10 into 17/1/2 (train/val/test)"
+
+
+def test_a_preset_that_leaves_no_training_caption_says_so(tmp_path):
+    images, rows = _paintings(tmp_path, 4)
+    for row in rows:
+        row[3] = "so calm"  # under the artemis preset's 5 tokens
+    annotations = read_annotations(_write_csv(tmp_path / "short.csv", rows), images)
+    with pytest.raises(ArtcapError, match=r"4 paintings split 85/5/10 into 3/0/1 .*'artemis' preset left no caption "
+                                          r"of the 3 training painting\(s\) \(it keeps utterances of 5 tokens"):
+        prepare(annotations, "artemis")
+
+
+def test_exact_duplicate_rows_are_dropped_with_one_warning(tmp_path, caplog):
+    images, rows = _paintings(tmp_path, 3)
+    same_painting_other_words = ["Cubism", "p0", "awe", "another caption of the same painting", 1]
+    path = _write_csv(tmp_path / "dups.csv", [rows[0], rows[1], rows[0], same_painting_other_words, rows[2], rows[1]])
+    with caplog.at_level("WARNING", logger="artcap"):
+        annotations = read_annotations(path, images)
+    assert [a.row for a in annotations] == [2, 3, 5, 6]  # rows 4 and 7 repeat rows 2 and 3
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: dropped 2 exact duplicate row(s), the first is row 4 (a copy of row 2)"
+    ]
+
+
+def test_rows_with_too_many_or_too_few_values_are_named(tmp_path):
+    images, rows = _paintings(tmp_path, 2)
+    path = tmp_path / "ragged.csv"
+    path.write_text("art_style,painting,emotion,utterance,repetition\n"
+                    "Cubism,p0,awe,so calm, and so red,1\n"  # an unquoted comma: used to cut the utterance
+                    "Cubism,p1,awe\n")
+    with pytest.raises(ArtcapError) as caught:
+        read_annotations(path, images)
+    assert "row 2: 6 values for 5 columns" in str(caught.value) and "quote values that contain commas" in str(caught.value)
+    assert "2 row(s) with problems" in str(caught.value)
+
+
+def test_rows_are_named_by_their_first_line_across_multiline_captions(tmp_path):
+    images, rows = _paintings(tmp_path, 2)
+    path = tmp_path / "multiline.csv"
+    path.write_text('art_style,painting,emotion,utterance,repetition\n'
+                    'Cubism,p0,awe,"three lines\nof one\ncaption",1\n'
+                    '\n'
+                    'Cubism,p1,joy,a happy square,1\n')
+    with pytest.raises(ArtcapError, match=r"row 6: unknown emotion 'joy'"):
+        read_annotations(path, images)
+
+
+def test_semicolon_separated_file_gets_a_hint(tmp_path):
+    images, _ = _paintings(tmp_path, 1)
+    path = tmp_path / "excel.csv"
+    path.write_text("art_style;painting;emotion;utterance;repetition\nCubism;p0;awe;calm;1\n")
+    with pytest.raises(ArtcapError, match="it seems to use ';' between columns: save it comma-separated"):
+        read_annotations(path, images)

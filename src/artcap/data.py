@@ -14,7 +14,7 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ArtcapError
 from .text import Vocabulary, first_sentence, tokenize
@@ -44,39 +44,50 @@ class Annotation:
 
 def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool = False) -> list[Annotation]:
     """Read an ArtEmis CSV or a Flickr8k captions file (told apart by the header); every row must
-    name an image that exists."""
+    name an image that exists. Exact duplicate rows are dropped with one warning. Rows are named
+    by the line they start on (a quoted caption may span several lines)."""
     path, images = Path(path), Path(images)
     if not path.is_file():
         raise ArtcapError(f"{path}: no such file; pass the ArtEmis CSV or Flickr8k captions.txt")
     if not images.is_dir():
         raise ArtcapError(f"{images}: no such folder; pass the folder holding the images")
+    annotations: list[Annotation] = []
+    problems: list[tuple[int, str]] = []
+    duplicates: list[tuple[int, int]] = []  # (row, the earlier row it repeats)
+    line = 1
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = tuple(reader.fieldnames or ())
-            if set(FLICKR_COLUMNS) <= set(header) and "utterance" not in header:
-                rows = _flickr_rows(reader, images)
-            else:
-                missing = [c for c in ARTEMIS_COLUMNS if c not in header]
-                if missing:
-                    raise ArtcapError(
-                        f"{path}: missing column(s) {', '.join(missing)}; an ArtEmis CSV needs "
-                        f"{', '.join(ARTEMIS_COLUMNS)} (a Flickr8k file needs {', '.join(FLICKR_COLUMNS)})"
-                    )
-                rows = _artemis_rows(reader, images)
-            annotations, problems = [], []
-            for row in rows:
+            records = _csv_records(csv.reader(f))
+            header = [name.strip() for name in next(records, (1, []))[1]]
+            columns, make_row = _row_format(path, header)
+            where = {name: header.index(name) for name in columns}  # the first column of that name
+            first_seen: dict[tuple[str, ...], int] = {}
+            for line, values in records:
+                if len(values) != len(header):
+                    problems.append((line, f"{len(values)} values for {len(header)} columns ({', '.join(header)}); "
+                                           "quote values that contain commas"))
+                    continue
+                key = tuple(values)
+                if key in first_seen:
+                    duplicates.append((line, first_seen[key]))
+                    continue
+                first_seen[key] = line
+                row = make_row(line, {name: values[i].strip() for name, i in where.items()}, images)
                 (problems if isinstance(row, tuple) else annotations).append(row)
     except UnicodeDecodeError as e:
         raise ArtcapError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
     except csv.Error as e:
-        raise ArtcapError(f"{path}: not a readable CSV file ({e})") from None
+        raise ArtcapError(f"{path}: row {line + 1}: not readable as CSV ({e})") from None
+    if duplicates:
+        row, original = duplicates[0]
+        log.warning("%s: dropped %d exact duplicate row(s), the first is row %d (a copy of row %d)",
+                    path, len(duplicates), row, original)
 
     exists: dict[Path, bool] = {}
     kept = []
     for a in annotations:
         if a.image_path not in exists:
-            exists[a.image_path] = a.image_path.is_file()
+            exists[a.image_path] = _is_file(a.image_path)
         if exists[a.image_path]:
             kept.append(a)
         else:
@@ -95,29 +106,58 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
     return annotations
 
 
-def _artemis_rows(reader: csv.DictReader, images: Path) -> Iterable[Annotation | tuple[int, str]]:
-    for line, rec in enumerate(reader, start=2):
-        style, painting = (rec["art_style"] or "").strip(), (rec["painting"] or "").strip()
-        emotion, text = (rec["emotion"] or "").strip(), (rec["utterance"] or "").strip()
-        if not style or not painting:
-            yield (line, "empty art_style or painting")
-        elif emotion not in EMOTIONS:
-            yield (line, f"unknown emotion {emotion!r} (expected one of: {', '.join(EMOTIONS)})")
-        elif not tokenize(text):
-            yield (line, "empty utterance")
-        else:
-            yield Annotation(f"{style}/{painting}", images / style / f"{painting}.jpg", text, emotion, line)
+RowMaker = Callable[[int, dict[str, str], Path], "Annotation | tuple[int, str]"]
 
 
-def _flickr_rows(reader: csv.DictReader, images: Path) -> Iterable[Annotation | tuple[int, str]]:
-    for line, rec in enumerate(reader, start=2):
-        name, text = (rec["image"] or "").strip(), (rec["caption"] or "").strip()
-        if not name:
-            yield (line, "empty image name")
-        elif not tokenize(text):
-            yield (line, "empty caption")
-        else:
-            yield Annotation(name, images / name, text, None, line)
+def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
+    """(line the record starts on, its values) for each non-blank record. csv's own line count is
+    where a record ends, which differs when a quoted value holds line breaks."""
+    end = 0
+    for values in reader:
+        start, end = end + 1, reader.line_num
+        if values:  # a blank line
+            yield start, values
+
+
+def _row_format(path: Path, header: list[str]) -> tuple[tuple[str, ...], RowMaker]:
+    if set(FLICKR_COLUMNS) <= set(header) and "utterance" not in header:
+        return FLICKR_COLUMNS, _flickr_row
+    missing = [c for c in ARTEMIS_COLUMNS if c not in header]
+    if missing:
+        separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+        advice = f"; it seems to use {separator!r} between columns: save it comma-separated" if separator else ""
+        raise ArtcapError(
+            f"{path}: missing column(s) {', '.join(missing)}; an ArtEmis CSV needs "
+            f"{', '.join(ARTEMIS_COLUMNS)} (a Flickr8k file needs {', '.join(FLICKR_COLUMNS)}){advice}"
+        )
+    return ARTEMIS_COLUMNS, _artemis_row
+
+
+def _artemis_row(line: int, rec: dict[str, str], images: Path) -> Annotation | tuple[int, str]:
+    style, painting, emotion, text = rec["art_style"], rec["painting"], rec["emotion"], rec["utterance"]
+    if not style or not painting:
+        return (line, "empty art_style or painting")
+    if emotion not in EMOTIONS:
+        return (line, f"unknown emotion {emotion!r} (expected one of: {', '.join(EMOTIONS)})")
+    if not tokenize(text):
+        return (line, "empty utterance")
+    return Annotation(f"{style}/{painting}", images / style / f"{painting}.jpg", text, emotion, line)
+
+
+def _flickr_row(line: int, rec: dict[str, str], images: Path) -> Annotation | tuple[int, str]:
+    name, text = rec["image"], rec["caption"]
+    if not name:
+        return (line, "empty image name")
+    if not tokenize(text):
+        return (line, "empty caption")
+    return Annotation(name, images / name, text, None, line)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or with a NUL in it
+        return False
 
 
 def make_splits(image_ids: Iterable[str], seed: int = 2021) -> dict[str, list[str]]:
@@ -131,6 +171,54 @@ def make_splits(image_ids: Iterable[str], seed: int = 2021) -> dict[str, list[st
         "val": sorted(ids[n_train : n_train + n_val]),
         "test": sorted(ids[n_train + n_val :]),
     }
+
+
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """How many images each split holds, and the one-line account messages start with."""
+
+    train: int
+    val: int
+    test: int
+    made: bool = True  # by make_splits (85/5/10); False: splits handed in, e.g. a run's splits.json
+
+    @property
+    def total(self) -> int:
+        return self.train + self.val + self.test
+
+    def __str__(self) -> str:
+        how = "split 85/5/10" if self.made else "split"
+        noun = "painting" if self.total == 1 else "paintings"
+        return f"{self.total} {noun} {how} into {self.train}/{self.val}/{self.test} (train/val/test)"
+
+    def require(self, *needed: str) -> None:
+        """Raise ArtcapError when a needed split ("train", "val", "test") is empty, saying how many
+        paintings an 85/5/10 split needs so that none is."""
+        empty = [name for name in needed if getattr(self, name) == 0]
+        if empty:
+            raise ArtcapError(f"{self}: {self.shortage(empty)}")
+
+    def shortage(self, empty: Sequence[str]) -> str:
+        what = " and no ".join(f"{SPLIT_NAMES[name]} painting" for name in empty)
+        return f"no {what}; need at least {min_paintings(*empty)} paintings with captions"
+
+
+def split_sizes(splits: dict[str, Sequence[str]], made: bool = True) -> SplitSizes:
+    return SplitSizes(len(splits["train"]), len(splits["val"]), len(splits["test"]), made)
+
+
+def min_paintings(*needed: str) -> int:
+    """The fewest paintings for which make_splits leaves every needed split non-empty (train: 2,
+    val: 20, test: 1)."""
+    def sizes(n: int) -> dict[str, int]:
+        n_train = math.floor(n * SPLIT_FRACTIONS["train"])
+        n_val = math.floor(n * SPLIT_FRACTIONS["val"])
+        return {"train": n_train, "val": n_val, "test": n - n_train - n_val}
+
+    return next(n for n in range(1, 10_000) if all(sizes(n)[name] > 0 for name in needed))
 
 
 def caption_tokens(text: str, preset: str) -> list[str]:
@@ -153,6 +241,7 @@ class CaptionData:
     splits: dict[str, list[str]]
     max_len: int  # longest caption in tokens (without <bos>/<eos>)
     vocab: Vocabulary = field(repr=False)
+    splits_made: bool = True  # by make_splits (85/5/10), not handed in
 
     def split_ids(self, split: str) -> list[str]:
         if split == "all":
@@ -168,12 +257,22 @@ class CaptionData:
             **{f"{s}_images": len(self.split_ids(s)) for s in ("train", "val", "test")},
         }
 
+    def split_sizes(self) -> SplitSizes:
+        """Images with kept captions in each split (what training and evaluation will see)."""
+        return split_sizes({s: self.split_ids(s) for s in ("train", "val", "test")}, self.splits_made)
+
+    def require_splits(self, *needed: str) -> None:
+        """ArtcapError naming the split sizes when a needed split is empty; training calls
+        `require_splits("train", "val")` before anything else (val picks the best epoch)."""
+        self.split_sizes().require(*needed)
+
 
 def prepare(
     annotations: Sequence[Annotation],
     preset: str,
     splits: dict[str, list[str]] | None = None,
     seed: int = 2021,
+    require: Sequence[str] = ("train",),
 ) -> CaptionData:
     """Apply a preprocessing preset.
 
@@ -181,11 +280,21 @@ def prepare(
              word in the vocabulary, max length = the longest kept caption.
     artemis: ArtEmis' own: drop utterances under 5 tokens, drop those longer than the 95th
              percentile of training lengths, words seen fewer than 5 times in training -> <unk>.
+
+    Splits are by painting; an empty split in `require` raises ArtcapError with the split sizes
+    ("12 paintings split 85/5/10 into 10/0/2 (train/val/test): no validation painting; need at
+    least 20 ..."), other empty splits are warned about. Training needs ("train", "val").
     """
     by_image: dict[str, list[Annotation]] = {}
     for a in annotations:
         by_image.setdefault(a.image_id, []).append(a)
+    made = not splits
     splits = splits or make_splits(by_image, seed)
+    sizes = split_sizes({s: [i for i in splits[s] if i in by_image] for s in ("train", "val", "test")}, made)
+    sizes.require(*require)
+    empty = [s for s in ("val", "test") if getattr(sizes, s) == 0 and s not in require]
+    if empty:
+        log.warning("%s: %s", sizes, sizes.shortage(empty))
     train_ids = set(splits["train"])
 
     captions: dict[str, list[list[str]]] = {}
@@ -203,7 +312,9 @@ def prepare(
 
     train_lengths = sorted(len(t) for i in train_ids if i in captions for t in captions[i])
     if not train_lengths:
-        raise ArtcapError("no training captions left after preprocessing; is the data set empty?")
+        kept = " (it keeps utterances of 5 tokens or more)" if preset == "artemis" else ""
+        raise ArtcapError(f"{sizes}: the {preset!r} preset left no caption of the {sizes.train} training "
+                          f"painting(s){kept}; check the utterances, or use more paintings")
     if preset == "artemis":
         max_len = train_lengths[min(len(train_lengths) - 1, math.ceil(0.95 * len(train_lengths)) - 1)]
         for image_id in list(captions):
@@ -218,7 +329,9 @@ def prepare(
         min_count = 1
     vocab = Vocabulary.build((t for i in train_ids if i in captions for t in captions[i]), min_count)
     paths = {i: by_image[i][0].image_path for i in captions}
-    return CaptionData(preset, paths, captions, emotions, splits, max_len, vocab)
+    data = CaptionData(preset, paths, captions, emotions, splits, max_len, vocab, made)
+    data.require_splits(*require)  # what the preset left, e.g. a val split of too-short utterances
+    return data
 
 
 def references(annotations: Sequence[Annotation], preset: str, image_ids: Iterable[str]) -> dict[str, list[str]]:
