@@ -3,21 +3,35 @@ stops the others, and a long job writes to a resumable record file.
 
     summary = caption_collection(captioner, ["./collection"], Path("captions.jsonl"), recursive=True)
 
-The record file (JSON Lines or CSV) holds one record per image, in sorted input order. Records are
-appended and flushed one by one and fsynced in small groups; on start an existing file is read, a
-trailing partial record (kill -9, power loss) is cut away and the images it already holds are
-skipped. So an interrupted job, re-run with the same command, ends with exactly the file an
-uninterrupted run writes (only the time fields differ).
+The record file (JSON Lines or CSV) stays plain: pandas or jq read it as it is. Beside it,
+`<out>.job.json` (the job manifest) says that artcap wrote it and with which settings:
+
+    {"format": "artcap-caption-records", "version": 1,
+     "job": {"model": "...", "beam": 1, "max_len": 30, "length_alpha": 0.7, "no_repeat_ngram": 0},
+     "fields": ["path", "caption", "model", "beam", "max_len", "length_alpha", "no_repeat_ngram",
+                "time", "error"]}
+
+The manifest is written (atomically) before the first record, so a non-empty record file without
+one was not written by artcap and is never touched. Each record holds one image's caption (or its
+error) and the settings that made it. Records are appended and flushed one by one and fsynced in
+small groups. On start, once the manifest shows the file is artcap's and the job is the same
+(same model and decoding: anything else is refused), a trailing partial record (kill -9, power
+loss, disk full) is cut away; images with a good record are skipped and images whose record is an
+error are tried again, their new record appended (when reading, the last record for a path wins).
+A run that finishes rewrites the file atomically with one record per image, in the order the
+images were first written, so an interrupted job re-run with the same command ends with exactly
+the file an uninterrupted run writes (only the time fields differ).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -25,8 +39,10 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .captioner import Captioner
+from .decode import DecodingConfig
 from .errors import ArtcapError
 from .features import decoded_batches
+from .io import atomic_path, atomic_write_json
 
 # Chosen by measurement (benchmarks/bench_caption.py): small batches keep the CNN's activations in
 # cache. A decoding process overlaps decoding with inference, which pays once there are cores to
@@ -36,7 +52,6 @@ DEFAULT_BATCH_SIZE = 2
 DEFAULT_NUM_WORKERS = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
 DEFAULT_DECODE_BATCH_SIZE = 32
 
-RECORD_FIELDS = ("path", "caption", "beam", "model", "time", "error")
 RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
 try:  # POSIX: refuse a second job appending to the same file
@@ -54,8 +69,10 @@ class CaptionResult:
 
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
-                  beam: int | None = None, max_len: int | None = None) -> Iterator[CaptionResult]:
-    """Yield one result per path, in the order of `paths`.
+                  beam: int | None = None, max_len: int | None = None,
+                  decoding: DecodingConfig | None = None) -> Iterator[CaptionResult]:
+    """Yield one result per path, in the order of `paths`, captioned with `decoding` (default: the
+    model's) with `beam`/`max_len` changed.
 
     The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
     CPU); their features are pooled until `decode_batch_size` images are waiting, then captioned
@@ -67,6 +84,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
         raise ArtcapError(f"decode batch size must be 1 or more, got {decode_batch_size}")
     if num_workers < 0:
         raise ArtcapError(f"number of workers must be 0 or more, got {num_workers}")
+    decoding = captioner.resolve_decoding(decoding, beam=beam, max_len=max_len)
     if not paths:
         return
     pending: list[tuple[int, torch.Tensor | str]] = []  # (index, features [F] or error), in index order
@@ -74,7 +92,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
 
     def flush() -> Iterator[CaptionResult]:
         features = [f for _, f in pending if isinstance(f, torch.Tensor)]
-        captions = iter(captioner.caption_features(torch.stack(features), beam, max_len) if features else [])
+        captions = iter(captioner.caption_features(torch.stack(features), decoding=decoding) if features else [])
         for i, item in pending:
             yield CaptionResult(paths[i], None, item) if isinstance(item, str) else CaptionResult(paths[i], next(captions))
         pending.clear()
@@ -96,6 +114,103 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
         yield from flush()
 
 
+# ---- the job: every setting that makes a record file's captions what they are ---------------------
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What a folder job's captions depend on besides the images. One record file holds one job:
+    resuming it with any other identity is refused (a file mixing two would be a silent lie). It is
+    compared as a whole through `to_dict`, so a new setting is one more field here."""
+
+    model: str = ""  # the model's id
+    decoding: DecodingConfig = field(default_factory=DecodingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat {setting: value}; a nested config (DecodingConfig) contributes each of its settings."""
+        flat: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flat.update(value.to_dict() if hasattr(value, "to_dict") else {f.name: value})
+        return flat
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """'max_len was 30, now 12' for each setting in which `saved` (another job's to_dict) differs."""
+        now = self.to_dict()
+        names = [*now, *(k for k in saved if k not in now)]
+        return [f"{k} was {saved.get(k, '(not set)')}, now {now.get(k, '(not set)')}"
+                for k in names if saved.get(k, _UNSET) != now.get(k, _UNSET)]
+
+
+_UNSET = object()
+RECORD_FIELDS = ("path", "caption", *JobIdentity().to_dict(), "time", "error")
+
+
+# ---- the manifest beside the record file --------------------------------------------------------
+
+MANIFEST_FORMAT = "artcap-caption-records"
+MANIFEST_VERSION = 1
+
+
+def manifest_path(records: Path) -> Path:
+    """`captions.jsonl` -> `captions.jsonl.job.json`."""
+    return records.with_name(records.name + ".job.json")
+
+
+def _not_ours(records: Path, why: str) -> ArtcapError:
+    return ArtcapError(f"{records}: not an artcap record file ({why}); move it away or choose another --out")
+
+
+def _write_error(path: Path, e: OSError) -> ArtcapError:
+    """One line for a failed write; a full disk (or file size limit) says how to carry on."""
+    if e.errno in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return ArtcapError(f"{path}: cannot write ({e.strerror}); every complete record is kept: free some "
+                           f"space and run the same command again to resume")
+    return ArtcapError(f"{path}: cannot write ({e.strerror or e})")
+
+
+@dataclass(frozen=True)
+class JobManifest:
+    """`<out>.job.json`: positive proof that artcap wrote the record file, and the job it holds."""
+
+    job: dict[str, Any]  # JobIdentity.to_dict()
+    fields: tuple[str, ...] = RECORD_FIELDS
+
+    @classmethod
+    def read(cls, records: Path) -> "JobManifest | None":
+        """The manifest beside `records`, None when there is none; ArtcapError when it is not artcap's."""
+        path = manifest_path(records)
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON
+            raise _not_ours(records, f"{path.name} cannot be read: {getattr(e, 'strerror', None) or e}") from None
+        if not (isinstance(data, dict) and data.get("format") == MANIFEST_FORMAT
+                and isinstance(data.get("job"), dict) and isinstance(data.get("fields"), list)):
+            raise _not_ours(records, f"{path.name} is not an artcap job manifest")
+        if data.get("version") != MANIFEST_VERSION:
+            raise ArtcapError(f"{records}: written by another artcap version (record format {data.get('version')}, "
+                              f"this one reads {MANIFEST_VERSION}); choose another --out")
+        return cls(data["job"], tuple(data["fields"]))
+
+    def write(self, records: Path) -> None:
+        data = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "job": self.job, "fields": list(self.fields)}
+        try:
+            atomic_write_json(manifest_path(records), data)
+        except OSError as e:
+            raise _write_error(manifest_path(records), e) from None
+
+    def check_resumes(self, records: Path, identity: JobIdentity) -> None:
+        """Refuse to add `identity`'s records to a file holding another job's."""
+        changed = identity.differences(self.job)
+        if changed:
+            raise ArtcapError(f"{records}: holds another job's captions ({'; '.join(changed)}); resume with the "
+                              f"same options or choose another --out")
+        if self.fields != RECORD_FIELDS:
+            raise ArtcapError(f"{records}: its records have other fields ({', '.join(self.fields)}); it was "
+                              f"written by another artcap version: choose another --out")
+
+
 # ---- the record file ------------------------------------------------------------------------------
 
 def record_format(path: Path) -> str:
@@ -107,82 +222,107 @@ def record_format(path: Path) -> str:
 
 
 class RecordFile:
-    """An append-only file of caption records that survives any interruption.
+    """An append-only file of caption records, for one job, that survives any interruption.
 
-    Opening it reads what is there, cuts away a trailing partial record and keeps the file locked
-    against a second writer. `append` writes and flushes one complete record (so kill -9 loses
-    nothing already written); every `sync_every` records or `sync_seconds` the file is fsynced
-    (so a power loss loses at most that much, never leaves half a record once reopened).
+    Opening it locks it against a second writer, then checks its manifest: an empty file starts a
+    new job, a non-empty one must be this job's. Only then is it read and a trailing partial record
+    cut away. `append` writes and flushes one complete record (so kill -9 loses nothing already
+    written; a failed write is undone); every `sync_every` records or `sync_seconds` the file is
+    fsynced. `finish` rewrites it atomically with one record per path (the last one written).
     """
 
-    def __init__(self, path: Path, *, sync_every: int = 16, sync_seconds: float = 2.0):
+    def __init__(self, path: Path, identity: JobIdentity, *, sync_every: int = 16, sync_seconds: float = 2.0):
         self.path = Path(path)
         self.format = record_format(self.path)
+        self.identity = identity
+        self.job = identity.to_dict()
         self.sync_every, self.sync_seconds = sync_every, sync_seconds
-        self.records: list[dict[str, Any]] = []  # what the file held when opened
+        self.records: list[dict[str, Any]] = []  # every record in file order, superseded ones too
+        self._raw: list[bytes] = []  # each record's bytes, as in the file
+        self._end = 0  # byte offset just past the last complete record
         self._unsynced = 0
         self._last_sync = time.monotonic()
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self._open_locked()
         try:
-            self._file = open(self.path, "a+b")
-        except OSError as e:
-            raise ArtcapError(f"{self.path}: cannot open the output file ({e.strerror or e})") from None
-        try:
-            self._lock()
+            self._claim()
             self._load()
         except BaseException:
             self._file.close()
             raise
 
-    def _lock(self) -> None:
+    # -- opening: lock, prove ownership, read, repair
+
+    def _open_locked(self) -> io.FileIO:
+        for _ in range(10):
+            try:  # unbuffered: a record reaches the OS in one piece or a failed write can be undone
+                file = open(self.path, "a+b", buffering=0)
+            except OSError as e:
+                raise ArtcapError(f"{self.path}: cannot open the output file ({e.strerror or e})") from None
+            try:
+                self._lock(file)
+                if _same_file(self.path, file):
+                    return file
+            except BaseException:
+                file.close()
+                raise
+            file.close()  # a finishing job replaced the file while we waited: open the new one
+        raise ArtcapError(f"{self.path}: the file keeps being replaced by another program; choose another --out")
+
+    def _lock(self, file: io.FileIO) -> None:
         if fcntl is None:
             return
         try:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             raise ArtcapError(f"{self.path}: another artcap job is writing to this file; wait for it "
                               f"or choose another --out") from None
 
+    def _claim(self) -> None:
+        """Make sure the file is this job's before anything in it is changed."""
+        manifest = JobManifest.read(self.path)
+        if os.fstat(self._file.fileno()).st_size == 0:  # a new job (or one killed before its first record)
+            JobManifest(self.job).write(self.path)
+        elif manifest is None:
+            raise _not_ours(self.path, f"no {manifest_path(self.path).name} beside it")
+        else:
+            manifest.check_resumes(self.path, self.identity)
+
     def _load(self) -> None:
         self._file.seek(0)
-        data = self._file.read()
-        complete_end = 0  # byte offset just past the last complete record
-        pending_start = 0
+        data = self._file.readall()
+        self._end, header_seen = self._scan(data)
+        if self._end < len(data):  # cut the partial record away before appending after it
+            self._file.truncate(self._end)
+            os.fsync(self._file.fileno())
+        if self.format == "csv" and not header_seen:
+            self._write(self._encode_csv(RECORD_FIELDS))
+            self.sync()
+
+    def _scan(self, data: bytes) -> tuple[int, bool]:
+        """Read the complete records into self.records; (offset past the last one, header seen)."""
+        complete_end = 0
         header_seen = False
         position = 0
         # Split on b"\n" only: a carriage return inside a quoted CSV field is data, not a line end.
         while (newline := data.find(b"\n", position)) >= 0:
             position = newline + 1
-            chunk = data[pending_start:position]
+            chunk = data[complete_end:position]
             # A CSV record may span lines inside a quoted field: it is complete once its quotes pair up.
             if self.format == "csv" and chunk.count(b'"') % 2:
                 continue
             record = self._parse(chunk, header_seen)
             if record is None:
-                line_no = data.count(b"\n", 0, pending_start) + 1
-                self._refuse(f"line {line_no} is not a caption record")
+                line_no = data.count(b"\n", 0, complete_end) + 1
+                raise ArtcapError(f"{self.path}: line {line_no} is not a caption record; the file is damaged: "
+                                  f"repair it, or move it away and start again")
             if record == "header":
                 header_seen = True
             else:
                 self.records.append(record)
-            complete_end = pending_start = position
-        if complete_end < len(data):  # cut the partial record away before appending after it
-            tail, start = data[complete_end:], self._first_bytes()
-            if complete_end == 0 and not (tail.startswith(start) or start.startswith(tail)):
-                self._refuse("it does not start like a caption record file")  # never cut a stranger's file
-            self._file.truncate(complete_end)
-            os.fsync(self._file.fileno())
-        self._file.seek(0, os.SEEK_END)
-        if self.format == "csv" and not header_seen:
-            self._write(self._encode_csv(RECORD_FIELDS))
-            self.sync()
-
-    def _refuse(self, why: str) -> None:
-        raise ArtcapError(f"{self.path}: {why}; it is damaged or was not written by artcap: move it away "
-                          f"or choose another --out")
-
-    def _first_bytes(self) -> bytes:
-        return b'{"path": ' if self.format == "jsonl" else self._encode_csv(RECORD_FIELDS)
+                self._raw.append(chunk)
+            complete_end = position
+        return complete_end, header_seen
 
     def _parse(self, chunk: bytes, header_seen: bool) -> dict[str, Any] | str | None:
         try:
@@ -198,43 +338,92 @@ class RecordFile:
         rows = list(csv.reader(io.StringIO(text, newline="")))
         if len(rows) != 1:
             return None
-        row = rows[0]
         if not header_seen:
-            return "header" if tuple(row) == RECORD_FIELDS else None
+            return "header" if tuple(rows[0]) == RECORD_FIELDS else None
+        return self._from_csv_row(rows[0])
+
+    def _from_csv_row(self, row: list[str]) -> dict[str, Any] | None:
         if len(row) != len(RECORD_FIELDS):
             return None
-        record: dict[str, Any] = dict(zip(RECORD_FIELDS, row))
-        for key in ("caption", "error"):
-            record[key] = record[key] or None
-        record["beam"] = int(record["beam"]) if record["beam"].isdigit() else None
+        record: dict[str, Any] = {k: v or None for k, v in zip(RECORD_FIELDS, row)}
+        for key, like in self.job.items():  # the job's settings have the types they had in JSON
+            if record[key] is not None and not isinstance(like, str):
+                try:
+                    record[key] = type(like)(record[key])
+                except ValueError:
+                    return None
         return record
+
+    # -- writing
 
     @staticmethod
     def _encode_csv(values: Sequence[Any]) -> bytes:
         buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerow(values)
+        # The csv module quotes only the line terminator's characters, so a lone "\r" would go out bare and
+        # read back as a line end: a row holding one has every field quoted.
+        quoting = csv.QUOTE_ALL if any("\r" in str(v) for v in values) else csv.QUOTE_MINIMAL
+        csv.writer(buffer, lineterminator="\n", quoting=quoting).writerow(values)
         return buffer.getvalue().encode("utf-8")
 
+    def _encode(self, record: dict[str, Any]) -> bytes:
+        if self.format == "jsonl":
+            return (json.dumps({k: record.get(k) for k in RECORD_FIELDS}, ensure_ascii=False) + "\n").encode("utf-8")
+        return self._encode_csv(["" if record.get(k) is None else record[k] for k in RECORD_FIELDS])
+
     def _write(self, data: bytes) -> None:
-        # One write of the whole record, then flush: the OS holds complete records only.
-        self._file.write(data)
-        self._file.flush()
+        """Write all of `data` at the end; if that fails (disk full), cut back to the last complete record."""
+        try:
+            written = 0
+            while written < len(data):
+                written += self._file.write(data[written:])
+        except OSError as e:
+            try:
+                self._file.truncate(self._end)
+            except OSError:
+                pass  # the next run cuts the partial record away
+            raise _write_error(self.path, e) from None
+        self._end += len(data)
 
     def append(self, record: dict[str, Any]) -> None:
-        if self.format == "jsonl":
-            data = (json.dumps({k: record.get(k) for k in RECORD_FIELDS}, ensure_ascii=False) + "\n").encode("utf-8")
-        else:
-            data = self._encode_csv(["" if record.get(k) is None else record[k] for k in RECORD_FIELDS])
+        data = self._encode(record)
         self._write(data)
+        self.records.append({k: record.get(k) for k in RECORD_FIELDS})
+        self._raw.append(data)
         self._unsynced += 1
         if self._unsynced >= self.sync_every or time.monotonic() - self._last_sync >= self.sync_seconds:
             self.sync()
 
     def sync(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as e:
+            raise _write_error(self.path, e) from None
         self._unsynced = 0
         self._last_sync = time.monotonic()
+
+    # -- reading back, finishing
+
+    def latest(self) -> dict[str, dict[str, Any]]:
+        """{path: its last record}, in the order the paths were first written."""
+        last: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            last[record["path"]] = record  # an existing key keeps its place
+        return last
+
+    def finish(self) -> None:
+        """Sync and, if any record was superseded (a retried image), atomically rewrite the file with
+        each path's last record in its first place; then close. The good records keep their bytes."""
+        self.sync()
+        last_index = {r["path"]: i for i, r in enumerate(self.records)}
+        if len(last_index) < len(self.records):
+            header = self._encode_csv(RECORD_FIELDS) if self.format == "csv" else b""
+            compact = header + b"".join(self._raw[last_index[p]] for p in self.latest())
+            try:
+                with atomic_path(self.path) as tmp:
+                    tmp.write_bytes(compact)
+            except OSError as e:
+                raise _write_error(self.path, e) from None
+        self.close()
 
     def close(self) -> None:
         if not self._file.closed:
@@ -250,15 +439,25 @@ class RecordFile:
         self.close()
 
 
+def _same_file(path: Path, file: io.FileIO) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(file.fileno())
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
+
+
 # ---- a whole collection -----------------------------------------------------------------------------
 
 @dataclass
 class CollectionSummary:
     out: Path
     total: int  # images found
-    skipped: int  # already in the record file
-    captioned: int  # captioned now
-    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), old and new
+    skipped: int  # already in the record file with a caption
+    captioned: int  # captioned now (retried ones included)
+    retried: int = 0  # had an error record, tried again now
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): inputs, then error records
     unusable_inputs: int = 0  # inputs that yielded no image (missing path, folder without images)
     seconds: float = 0.0  # time spent captioning this run
 
@@ -279,60 +478,57 @@ def record_key(path: Path, inputs: Sequence[str | Path]) -> str:
 
 
 def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: str | Path, *,
-                       recursive: bool = False, batch_size: int = DEFAULT_BATCH_SIZE,
-                       num_workers: int = DEFAULT_NUM_WORKERS, beam: int | None = None,
-                       max_len: int | None = None, progress: bool = True) -> CollectionSummary:
+                       decoding: DecodingConfig | None = None, recursive: bool = False,
+                       batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = DEFAULT_NUM_WORKERS,
+                       beam: int | None = None, max_len: int | None = None,
+                       progress: bool = True) -> CollectionSummary:
     """Caption every image under `inputs` into the record file `out`, resuming what is there.
 
-    Inputs that yield no image (missing path, empty folder) are listed in the summary's errors but
-    not written to the file; unreadable images are written as error records. Raises ArtcapError
-    when the file was written with another model or decoding (mixing them would be a silent lie).
+    `decoding` (default: the model's) with `beam`/`max_len` changed decodes every caption. Images
+    with a good record are skipped, images with an error record are tried again. Inputs that yield
+    no image (missing path, empty folder) are listed in the summary's errors but not written to the
+    file; unreadable images are written as error records. Raises ArtcapError when `out` is not an
+    artcap record file or holds another job (model or decoding).
     """
-    from tqdm import tqdm
-
     from .images import find_images
 
     out = Path(out)
     record_format(out)  # a bad suffix fails before any work
+    identity = JobIdentity(captioner.model_id, captioner.resolve_decoding(decoding, beam=beam, max_len=max_len))
     paths, input_errors = find_images(inputs, recursive=recursive)
-    errors = [(str(e.source), str(e)) for e in input_errors]
-    decoding = captioner.config.get("decoding", {})
-    beam_used = beam if beam is not None else int(decoding.get("beam", 1))
-
-    with RecordFile(out) as records:
-        _check_same_job(records, captioner.model_id, beam_used)
-        done = {r["path"] for r in records.records}
-        errors += [(r["path"], r["error"]) for r in records.records if r.get("error")]
-        keys = [record_key(p, inputs) for p in paths]
-        todo = [(p, k) for p, k in zip(paths, keys) if k not in done]
+    with RecordFile(out, identity) as records:
+        old = records.latest()
+        todo = [(p, k) for p, k in ((p, record_key(p, inputs)) for p in paths)
+                if k not in old or old[k].get("error")]
         summary = CollectionSummary(out, total=len(paths), skipped=len(paths) - len(todo), captioned=0,
-                                    unusable_inputs=len(input_errors))
-        bar = tqdm(total=len(paths), initial=summary.skipped, unit="img", desc="caption", disable=not progress,
-                   dynamic_ncols=True, smoothing=0.1)
-        key_of = dict(todo)
-        started = time.perf_counter()
-        try:
-            for result in caption_paths(captioner, [p for p, _ in todo], batch_size=batch_size,
-                                        num_workers=num_workers, beam=beam, max_len=max_len):
-                key = key_of[result.path]
-                records.append({"path": key, "caption": result.caption, "beam": beam_used,
-                                "model": captioner.model_id, "time": _now(), "error": result.error})
-                if result.error:
-                    errors.append((key, result.error))
-                summary.captioned += 1
-                bar.update(1)
-        finally:
-            summary.seconds = time.perf_counter() - started
-            bar.close()
-    summary.errors = errors
+                                    retried=sum(k in old for _, k in todo), unusable_inputs=len(input_errors))
+        _caption_into(records, captioner, todo, summary, batch_size=batch_size, num_workers=num_workers,
+                      progress=progress)
+        records.finish()
+    summary.errors = [(str(e.source), str(e)) for e in input_errors]
+    summary.errors += [(k, r["error"]) for k, r in records.latest().items() if r.get("error")]
     return summary
 
 
-def _check_same_job(records: RecordFile, model_id: str, beam: int) -> None:
-    for r in records.records[:1]:
-        if r.get("model") != model_id or r.get("beam") != beam:
-            raise ArtcapError(f"{records.path}: holds captions by model {r.get('model')} with beam {r.get('beam')}, "
-                              f"not {model_id} with beam {beam}; resume with the same options or choose another --out")
+def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Path, str]],
+                  summary: CollectionSummary, *, batch_size: int, num_workers: int, progress: bool) -> None:
+    """Caption the (path, key) pairs of `todo` in order, appending one record each."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="caption", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    key_of = dict(todo)
+    started = time.perf_counter()
+    try:
+        for result in caption_paths(captioner, [p for p, _ in todo], batch_size=batch_size,
+                                    num_workers=num_workers, decoding=records.identity.decoding):
+            records.append({"path": key_of[result.path], "caption": result.caption, **records.job,
+                            "time": _now(), "error": result.error})
+            summary.captioned += 1
+            bar.update(1)
+    finally:
+        summary.seconds = time.perf_counter() - started
+        bar.close()
 
 
 def _now() -> str:

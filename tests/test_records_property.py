@@ -1,0 +1,121 @@
+"""Property-based tests of the record file's reader and repair: whatever the records hold and wherever
+a write was cut, reopening keeps exactly the complete records, and a file without artcap's manifest is
+never changed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from artcap.collection import RECORD_FIELDS, JobIdentity, RecordFile, manifest_path
+from artcap.decode import DecodingConfig
+from artcap.errors import ArtcapError
+
+IDENTITY = JobIdentity("artcap-test", DecodingConfig(beam=2, max_len=12, length_alpha=0.5, no_repeat_ngram=2))
+SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Text as captions and file names can hold it: any character UTF-8 can carry (no lone surrogates),
+# stressed with the ones that break naive CSV/JSONL handling.
+tricky = st.sampled_from(['"', ",", "\n", "\r", "\r\n", "\\", "'", "{", "}", "é", "画", "\u2028", "🎨", " "])
+text = st.lists(st.one_of(tricky, st.characters(blacklist_categories=("Cs",))), min_size=1, max_size=12).map("".join)
+
+
+@st.composite
+def records(draw) -> list[dict]:
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        failed = draw(st.booleans())
+        rows.append({"path": draw(text), "caption": None if failed else draw(text), **IDENTITY.to_dict(),
+                     "time": "2024-01-01T00:00:00+00:00", "error": draw(text) if failed else None})
+    return rows
+
+
+def write_job(path: Path, rows: list[dict]) -> list[int]:
+    """Write `rows` as a job would (killed before finishing: no rewrite); the file size after each."""
+    sizes = []
+    with RecordFile(path, IDENTITY) as file:
+        sizes.append(path.stat().st_size)  # the CSV header
+        for row in rows:
+            file.append(row)
+            sizes.append(path.stat().st_size)
+    return sizes
+
+
+def reopened(path: Path) -> list[dict]:
+    with RecordFile(path, IDENTITY) as file:
+        return file.records
+
+
+@SETTINGS
+@given(rows=records(), suffix=st.sampled_from([".jsonl", ".csv"]), where=st.floats(0, 1))
+def test_a_record_file_cut_anywhere_reopens_with_exactly_its_complete_records(rows, suffix, where):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"captions{suffix}"
+        sizes = write_job(path, rows)
+        assert [{k: r[k] for k in RECORD_FIELDS} for r in reopened(path)] == rows  # the whole file reads back
+        data = path.read_bytes()
+        cut = round(where * len(data))
+        path.write_bytes(data[:cut])  # killed (or out of space) in the middle of a write
+        complete = sum(size <= cut for size in sizes[1:])
+        header = sizes[0]
+
+        assert reopened(path) == rows[:complete]
+        assert path.read_bytes() == data[:max(header, sizes[complete])]  # only the partial record is gone
+        assert reopened(path) == rows[:complete]  # and the repaired file reads the same again
+
+
+@SETTINGS
+@given(rows=records(), suffix=st.sampled_from([".jsonl", ".csv"]), where=st.floats(0, 1))
+def test_the_same_file_without_its_manifest_is_never_touched(rows, suffix, where):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"captions{suffix}"
+        write_job(path, rows)
+        manifest_path(path).unlink()
+        data = path.read_bytes()
+        path.write_bytes(data[:max(1, round(where * len(data)))])
+        before = path.read_bytes()
+
+        with pytest.raises(ArtcapError, match="not an artcap record file"):
+            RecordFile(path, IDENTITY)
+        assert path.read_bytes() == before
+        assert not manifest_path(path).exists()
+
+
+@SETTINGS
+@given(data=st.binary(min_size=1, max_size=300), manifest=st.one_of(st.none(), st.binary(max_size=200)),
+       suffix=st.sampled_from([".jsonl", ".csv"]))
+def test_random_bytes_are_never_modified(data, manifest, suffix):
+    """A foreign file, beside no manifest or beside random bytes as one: refused, untouched."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"theirs{suffix}"
+        path.write_bytes(data)
+        if manifest is not None:
+            manifest_path(path).write_bytes(manifest)
+
+        with pytest.raises(ArtcapError, match="not an artcap record file"):
+            RecordFile(path, IDENTITY)
+        assert path.read_bytes() == data
+        assert manifest_path(path).exists() == (manifest is not None)
+        if manifest is not None:
+            assert manifest_path(path).read_bytes() == manifest
+
+
+@SETTINGS
+@given(rows=records(), suffix=st.sampled_from([".jsonl", ".csv"]))
+def test_the_last_record_of_a_path_wins_and_finish_keeps_one_per_path(rows, suffix):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"captions{suffix}"
+        retried = [{**r, "caption": f"fixed {r['caption']}", "error": None} for r in rows[::2]]
+        write_job(path, rows + retried)
+        expected: dict[str, dict] = {}
+        for row in rows + retried:
+            expected[row["path"]] = row  # a path keeps its first place, takes its last record
+
+        with RecordFile(path, IDENTITY) as file:
+            assert file.latest() == expected
+            file.finish()
+        assert reopened(path) == list(expected.values())
