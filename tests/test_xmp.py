@@ -13,7 +13,8 @@ from PIL import Image
 from artcap import __version__
 from artcap.errors import ArtcapError
 from artcap.example import draw_example_painting
-from artcap.xmp import ARTCAP_NS, ExifTool, embed_metadata, sidecar_path, write_sidecar
+from artcap.xmp import (ARTCAP_NS, ExifTool, MetadataWriter, embed_metadata, mirror_root, sidecar_path,
+                        write_sidecar)
 
 EXIFTOOL = shutil.which("exiftool")
 needs_exiftool = pytest.mark.skipif(EXIFTOOL is None, reason="exiftool is not installed "
@@ -225,3 +226,43 @@ def test_embed_without_exiftool_is_one_line(monkeypatch, tmp_path, paintings):
         message = str(info.value)
         assert "\n" not in message and "exiftool" in message and "apt-get install libimage-exiftool-perl" in message
     assert digest(paintings["jpg"]) == before
+
+
+@needs_exiftool
+def test_metadata_writer_writes_sidecars_and_embeds_and_joins_failures(tmp_path, paintings):
+    collection = paintings["jpg"].parent
+    not_an_image = collection / "broken.png"
+    not_an_image.write_bytes(b"\x89PNG but nothing more")
+    mirror = tmp_path / "meta"
+    writer = MetadataWriter(xmp_dir=mirror, root=collection, embed=True, backup=False)
+    assert writer.describe() == f"xmp-dir:{mirror.as_posix()},embed-no-backup"
+    with writer:
+        assert writer.write(paintings["png"], "a sunset", "m", {"beam": 3}, "awe") is None
+        error = writer.write(not_an_image, "never", "m", {"beam": 3})
+    assert error is not None and "\n" not in error and str(not_an_image) in error
+    records = read_back(paintings["png"], mirror / "landscape.png.xmp", mirror / "broken.png.xmp")
+    for name in ("landscape.png", "landscape.png.xmp"):
+        assert_caption_fields(records[name], "a sunset", "m", {"beam": 3}, emotion="awe")
+    assert not (collection / "landscape.png.xmp").exists() and not (collection / "landscape.png_original").exists()
+    assert MetadataWriter(sidecars=True).describe() == "xmp" and MetadataWriter().describe() == ""
+
+
+def test_metadata_writer_without_exiftool_fails_before_any_image(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ArtcapError, match="exiftool, which is not on PATH"):
+        with MetadataWriter(sidecars=True, embed=True):
+            pass
+    with MetadataWriter(sidecars=True) as writer:  # sidecars alone need no exiftool
+        assert writer.write(tmp_path / "a.jpg", "c", "m", {"beam": 1}) is None
+    assert (tmp_path / "a.jpg.xmp").is_file()
+
+
+def test_the_mirror_tree_follows_the_input_folder(tmp_path, monkeypatch):
+    collection = tmp_path / "collection"
+    (collection / "sub").mkdir(parents=True)
+    assert mirror_root([collection]) == collection
+    monkeypatch.chdir(tmp_path)
+    assert mirror_root(["collection/sub", "collection"]) == tmp_path
+    image = Path("collection/sub/a.jpg")
+    assert sidecar_path(image, xmp_dir="meta", root=mirror_root([image, "x.jpg"])) == \
+        Path("meta/collection/sub/a.jpg.xmp")

@@ -4,6 +4,8 @@ the image files by exiftool.
     error = write_sidecar(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
     with ExifTool() as exiftool:                       # one exiftool process for many images
         error = exiftool.embed(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
+    with MetadataWriter(sidecars=True, embed=True) as writer:   # what a folder job uses
+        error = writer.write(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
 
 Both return None on success or a one-line error naming the file, so a folder job can record the
 failure of one image and go on with the others. What is written, in either place:
@@ -30,7 +32,7 @@ import shutil
 import subprocess
 import tempfile
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, Mapping
 
@@ -101,6 +103,15 @@ def sidecar_path(image: str | os.PathLike, *, xmp_dir: str | os.PathLike | None 
     return Path(xmp_dir) / relative.parent / name
 
 
+def mirror_root(inputs) -> Path:
+    """The folder a job's mirror tree (--xmp-dir) is relative to: the input folder when one folder
+    is captioned (as the record file's paths are), else the current folder."""
+    inputs = list(inputs)
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        return Path(inputs[0])
+    return Path.cwd()
+
+
 def _mirror_relative(image: Path, root: Path | None) -> PurePath:
     if root is not None:
         try:
@@ -116,7 +127,8 @@ def _mirror_relative(image: Path, root: Path | None) -> PurePath:
 def write_sidecar(image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
                   emotion: str | None = None, *, sidecar: str | os.PathLike | None = None) -> str | None:
     """Write or update the XMP sidecar of `image` (default: `sidecar_path(image)`). Returns None,
-    or a one-line error naming the sidecar (an unreadable existing sidecar is left as it is)."""
+    or a one-line error naming the sidecar (an unreadable existing sidecar is left as it is). A full
+    disk raises io's ArtcapError instead: no later image could be written either."""
     path = Path(sidecar) if sidecar is not None else sidecar_path(image)
     metadata = CaptionMetadata(caption, model_id, decoding, emotion)
     try:
@@ -355,3 +367,60 @@ def embed_metadata(image: str | os.PathLike, caption: str, model_id: str, decodi
     """`ExifTool.embed` for a single image (a folder job keeps one ExifTool open instead)."""
     with ExifTool(backup=backup) as exiftool:
         return exiftool.embed(image, caption, model_id, decoding, emotion)
+
+
+# ---- what a folder job writes ---------------------------------------------------------------------------
+
+@dataclass
+class MetadataWriter:
+    """The metadata a folder job writes for each captioned image: a sidecar beside it (`sidecars`),
+    a sidecar in a mirror tree under `xmp_dir` (paths relative to `root`), and/or XMP embedded by
+    exiftool (`embed`, keeping `_original` backups unless `backup=False`).
+
+    Use it as a context manager: entering starts exiftool when embedding, so a missing exiftool is
+    one ArtcapError before any image is captioned.
+    """
+    sidecars: bool = False
+    xmp_dir: Path | None = None
+    root: Path | None = None
+    embed: bool = False
+    backup: bool = True
+    _exiftool: ExifTool | None = field(default=None, init=False, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.sidecars or self.xmp_dir is not None or self.embed
+
+    def describe(self) -> str:
+        """The settings as one string for a job's identity: '' when nothing is written."""
+        parts = []
+        if self.xmp_dir is not None:
+            parts.append(f"xmp-dir:{Path(os.path.abspath(self.xmp_dir)).as_posix()}")
+        elif self.sidecars:
+            parts.append("xmp")
+        if self.embed:
+            parts.append("embed" if self.backup else "embed-no-backup")
+        return ",".join(parts)
+
+    def __enter__(self) -> "MetadataWriter":
+        if self.embed and self._exiftool is None:
+            self._exiftool = ExifTool(backup=self.backup)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._exiftool is not None:
+            self._exiftool.close()
+            self._exiftool = None
+
+    def write(self, image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
+              emotion: str | None = None) -> str | None:
+        """Write what is enabled for one image; None, or the failures joined into one line."""
+        errors = []
+        if self.sidecars or self.xmp_dir is not None:
+            target = sidecar_path(image, xmp_dir=self.xmp_dir, root=self.root)
+            errors.append(write_sidecar(image, caption, model_id, decoding, emotion, sidecar=target))
+        if self.embed:
+            if self._exiftool is None:
+                raise RuntimeError("MetadataWriter.write with embed=True needs `with MetadataWriter(...)`")
+            errors.append(self._exiftool.embed(image, caption, model_id, decoding, emotion))
+        return "; ".join(e for e in errors if e) or None
