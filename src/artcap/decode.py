@@ -1,84 +1,183 @@
-"""Stage 4, decoding: batched greedy search (the paper's) and beam search.
+"""Stage 4, decoding: batched greedy search (the paper's) and beam search, for every decoder kind.
 
-Both stop at <eos> or after `max_len` words (then <eos> is forced), so a caption is never
+Both talk to the decoder only through its interface (model.py: `init_memory` once, then `step` per
+word), stop at <eos> or after `max_len` words (then <eos> is forced), so a caption is never
 endless; neither emits <pad>, <bos> or <unk>. Beam search ranks finished captions by
-log-probability / length**alpha and can block repeated n-grams; with beam=1 it equals greedy.
+log-probability / length**alpha; with beam=1 it equals greedy.
+
+Two bans keep captions from looping, both applied to all hypotheses at once as masks over the
+next-word log-probabilities: `no_repeat_ngram` (no n-gram twice) and `max_word_repeats` (no content
+word, i.e. a word outside the short `STOP_WORDS` list, more than that many times). <eos> is never
+banned, so a caption can always end.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .model import MergeDecoder
+from .errors import ArtcapError
 from .text import Vocabulary
 
 NEG_INF = float("-inf")
+MAX_BEAM = 20
+MAX_CAPTION_WORDS = 200
+MAX_WORD_REPEATS = 10
+
+# Function words that `max_word_repeats` never limits: articles, pronouns, prepositions, conjunctions,
+# auxiliaries. ArtEmis' "looks like" keeps "like" here (as a preposition it recurs in good captions).
+STOP_WORDS = frozenset("""
+a an the this that these those there here
+i me my mine you your he him his she her hers it its it's we us our they them their
+and or but nor so because if than as while though although
+of in on at to for with from by about into onto over under up down out off through between
+is am are was were be been being has have had do does did will would can could should may might must
+not no very too just also like
+""".split())
 
 
-def _next_log_probs(model: MergeDecoder, image, tokens, state, vocab: Vocabulary, seqs: list[list[int]],
-                    force_eos: bool, no_repeat_ngram: int):
-    logits, state = model.step(image, tokens, state)
-    logp = F.log_softmax(logits.float(), dim=-1)
-    logp[:, [vocab.pad_id, vocab.bos_id, vocab.unk_id]] = NEG_INF
-    if force_eos:
-        eos = logp[:, vocab.eos_id].clone()
-        logp.fill_(NEG_INF)
-        logp[:, vocab.eos_id] = eos
-    if no_repeat_ngram > 1:
-        n = no_repeat_ngram
-        rows, words = [], []  # every (hypothesis, word) that would repeat an n-gram: banned in one go
-        for row, seq in enumerate(seqs):
-            if len(seq) >= n - 1:
-                prefix = seq[len(seq) - n + 1:]
-                for i in range(len(seq) - n + 1):
-                    if seq[i:i + n - 1] == prefix:
-                        rows.append(row)
-                        words.append(seq[i + n - 1])
-        if rows:
-            logp[rows, words] = NEG_INF
-    return logp, state
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Every setting that changes a caption for a given model and image. Saved in the model's
+    config.json as its defaults; a folder job's identity includes it, so one record file never
+    mixes two decodings."""
+
+    beam: int = 1  # 1 = greedy search (the paper's)
+    max_len: int = 30  # the longest caption, in words
+    length_alpha: float = 0.7  # beam ranking: log-probability / length**alpha
+    no_repeat_ngram: int = 0  # 0 = off; 2 = no bigram twice
+    max_word_repeats: int = 0  # 0 = off; 2 = no content word (outside STOP_WORDS) more than twice
+
+    def __post_init__(self) -> None:
+        checks = [("beam", 1 <= self.beam <= MAX_BEAM, f"from 1 to {MAX_BEAM}"),
+                  ("max_len", 1 <= self.max_len <= MAX_CAPTION_WORDS, f"from 1 to {MAX_CAPTION_WORDS}"),
+                  ("length_alpha", math.isfinite(self.length_alpha) and 0 <= self.length_alpha <= 5, "from 0 to 5"),
+                  ("no_repeat_ngram", self.no_repeat_ngram == 0 or 2 <= self.no_repeat_ngram <= 10,
+                   "0 (off) or from 2 to 10"),
+                  ("max_word_repeats", 0 <= self.max_word_repeats <= MAX_WORD_REPEATS,
+                   f"0 (off) or from 1 to {MAX_WORD_REPEATS}")]
+        for name, ok, allowed in checks:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not ok:
+                raise ArtcapError(f"decoding {name} must be {allowed}, got {value!r}")
+
+    def with_overrides(self, **overrides: Any) -> "DecodingConfig":
+        """A copy with the given settings changed; None means 'keep the model's'."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> "DecodingConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ArtcapError(f"{source}: unknown decoding setting(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**values)
 
 
-@torch.no_grad()
-def greedy_search(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, max_len: int,
-                  no_repeat_ngram: int = 0) -> list[list[int]]:
-    """features [B, F] -> B lists of word ids (without <bos>/<eos>)."""
-    batch = features.size(0)
-    image = model.encode_image(features)
-    tokens = torch.full((batch,), vocab.bos_id, dtype=torch.long, device=features.device)
-    seqs: list[list[int]] = [[] for _ in range(batch)]
-    finished = [False] * batch
+@dataclass
+class Caption:
+    """One decoded caption; `attention[i]` is where word i looked (one weight per grid cell, summing
+    to 1), None for decoders without attention."""
+
+    text: str
+    words: list[str]
+    attention: np.ndarray | None  # [len(words), h*w]
+
+
+@dataclass
+class Hypothesis:
+    ids: list[int]  # word ids, without <bos>/<eos>
+    attention: torch.Tensor | None  # [len(ids), h*w]
+
+
+class _Bans:
+    """The decoding rules that look at what a hypothesis already said, as masks over the vocabulary."""
+
+    def __init__(self, vocab: Vocabulary, decoding: DecodingConfig, device: torch.device):
+        self.specials = [vocab.pad_id, vocab.bos_id, vocab.unk_id]
+        self.eos = vocab.eos_id
+        self.ngram, self.repeats = decoding.no_repeat_ngram, decoding.max_word_repeats
+        self.content = torch.tensor([i >= 4 and w not in STOP_WORDS for i, w in enumerate(vocab.words)],
+                                    device=device)
+
+    def apply(self, logp: torch.Tensor, history: torch.Tensor, force_eos: bool) -> torch.Tensor:
+        """logp [R, V] and the words said so far [R, t] -> logp with every banned word at -inf."""
+        logp[:, self.specials] = NEG_INF
+        if force_eos:
+            eos = logp[:, self.eos].clone()
+            logp.fill_(NEG_INF)
+            logp[:, self.eos] = eos
+            return logp
+        n, t = self.ngram, history.size(1)
+        if n > 1 and t >= n:  # the word after every earlier occurrence of the last n-1 words
+            windows = history.unfold(1, n - 1, 1)[:, : t - n + 1]  # [R, t-n+1, n-1]
+            repeats = (windows == history[:, t - n + 1:].unsqueeze(1)).all(dim=-1)
+            rows = repeats.nonzero(as_tuple=True)[0]
+            logp[rows, history[:, n - 1:][repeats]] = NEG_INF
+        if self.repeats and t:
+            counts = torch.zeros_like(logp).scatter_add_(1, history, torch.ones_like(history, dtype=logp.dtype))
+            logp.masked_fill_((counts >= self.repeats) & self.content, NEG_INF)
+        return logp
+
+
+def _next_log_probs(model: nn.Module, memory, tokens, state, history, bans: _Bans, force_eos: bool):
+    logits, state, attention = model.step(memory, tokens, state)
+    logp = bans.apply(F.log_softmax(logits.float(), dim=-1), history, force_eos)
+    return logp, state, attention
+
+
+def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
+            device: torch.device) -> list[Hypothesis]:
+    bans = _Bans(vocab, decoding, device)
+    tokens = torch.full((batch,), vocab.bos_id, dtype=torch.long, device=device)
+    history = tokens.new_empty(batch, 0)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    attentions: list[torch.Tensor] = []
     state = None
-    for t in range(max_len + 1):
-        logp, state = _next_log_probs(model, image, tokens, state, vocab, seqs, t == max_len, no_repeat_ngram)
+    for t in range(decoding.max_len + 1):
+        logp, state, attention = _next_log_probs(model, memory, tokens, state, history, bans, t == decoding.max_len)
         tokens = logp.argmax(dim=-1)
-        for i, w in enumerate(tokens.tolist()):
-            if not finished[i]:
-                if w == vocab.eos_id:
-                    finished[i] = True
-                else:
-                    seqs[i].append(w)
-        if all(finished):
+        history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
+        if attention is not None:
+            attentions.append(attention.float())
+        finished |= tokens == vocab.eos_id
+        if bool(finished.all()):
             break
-    return seqs
+    maps = torch.stack(attentions, dim=1) if attentions else None  # [B, steps, h*w]
+    hypotheses = []
+    for row, seq in enumerate(history.tolist()):
+        ids = seq[: seq.index(vocab.eos_id)] if vocab.eos_id in seq else seq
+        hypotheses.append(Hypothesis(ids, None if maps is None else maps[row, : len(ids)]))
+    return hypotheses
 
 
-@torch.no_grad()
-def beam_search(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, max_len: int, beam: int = 3,
-                length_alpha: float = 0.7, no_repeat_ngram: int = 0) -> list[list[int]]:
-    """features [B, F] -> for each image the best finished caption's word ids."""
-    batch, k = features.size(0), beam
-    image = model.encode_image(features).repeat_interleave(k, dim=0)
-    tokens = torch.full((batch * k,), vocab.bos_id, dtype=torch.long, device=features.device)
-    scores = torch.full((batch, k), NEG_INF, device=features.device)
+def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
+          device: torch.device) -> list[Hypothesis]:
+    k, max_len, alpha = decoding.beam, decoding.max_len, decoding.length_alpha
+    bans = _Bans(vocab, decoding, device)
+    memory = tuple(m.repeat_interleave(k, dim=0) for m in memory)
+    tokens = torch.full((batch * k,), vocab.bos_id, dtype=torch.long, device=device)
+    history = tokens.new_empty(batch * k, 0)
+    maps: torch.Tensor | None = None  # [B*k, t, h*w]: each hypothesis' attention, reordered with it
+    scores = torch.full((batch, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    seqs: list[list[int]] = [[] for _ in range(batch * k)]
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
+    finished: list[list[tuple[float, Hypothesis]]] = [[] for _ in range(batch)]
     done = [False] * batch
     state = None
     for t in range(max_len + 1):
-        logp, state = _next_log_probs(model, image, tokens, state, vocab, seqs, t == max_len, no_repeat_ngram)
+        logp, state, attention = _next_log_probs(model, memory, tokens, state, history, bans, t == max_len)
+        if attention is not None and maps is None:
+            maps = attention.new_zeros(batch * k, 0, attention.size(1)).float()
         vocab_size = logp.size(-1)
         candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab_size)
         top_scores, top_idx = candidates.topk(min(2 * k, candidates.size(1)), dim=1)
@@ -94,8 +193,9 @@ def beam_search(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, 
                     src, word = b * k + idx // vocab_size, idx % vocab_size
                     if word == vocab.eos_id:
                         if rank < k:  # an <eos> counts only among the k best candidates
-                            length = len(seqs[src]) + 1
-                            finished[b].append((score / length ** length_alpha, seqs[src]))
+                            ids = history[src].tolist()
+                            hypothesis = Hypothesis(ids, None if maps is None else maps[src])
+                            finished[b].append((score / (len(ids) + 1) ** alpha, hypothesis))
                     else:
                         alive.append((score, src, word))
                     if len(alive) == k:
@@ -111,21 +211,54 @@ def beam_search(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, 
                 next_scores.append(score)
         if all(done):
             break
-        src_index = torch.tensor(sources, device=features.device)
+        src_index = torch.tensor(sources, device=device)
         state = tuple(s.index_select(0, src_index) for s in state)
-        image = image.index_select(0, src_index)
-        tokens = torch.tensor(next_tokens, device=features.device)
-        scores = torch.tensor(next_scores, device=features.device).reshape(batch, k)
-        seqs = [seqs[s] + [w] for s, w in zip(sources, next_tokens)]
-    return [max(f, key=lambda item: item[0])[1] if f else [] for f in finished]
+        memory = tuple(m.index_select(0, src_index) for m in memory)
+        tokens = torch.tensor(next_tokens, device=device)
+        scores = torch.tensor(next_scores, device=device).reshape(batch, k)
+        history = torch.cat([history.index_select(0, src_index), tokens.unsqueeze(1)], dim=1)
+        if maps is not None:
+            maps = torch.cat([maps.index_select(0, src_index), attention.float().index_select(0, src_index)
+                              .unsqueeze(1)], dim=1)
+    return [max(f, key=lambda item: item[0])[1] if f else Hypothesis([], None) for f in finished]
 
 
-def generate(model: MergeDecoder, features: torch.Tensor, vocab: Vocabulary, max_len: int, beam: int = 1,
-             length_alpha: float = 0.7, no_repeat_ngram: int = 0) -> list[str]:
-    """Captions as strings; beam=1 is greedy search."""
+@torch.no_grad()
+def _run(searcher, model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
+         emotions: torch.Tensor | None) -> list[Hypothesis]:
+    memory = model.init_memory(features, emotions)
+    return searcher(model, memory, features.size(0), vocab, decoding, features.device)
+
+
+def search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
+           emotions: torch.Tensor | None = None) -> list[Hypothesis]:
+    """The best hypothesis per image (greedy for beam=1), with its attention maps when the decoder
+    has attention. `emotions` [B] (ids, EMOTIONS order) for an emotion-grounded decoder."""
+    return _run(_greedy if decoding.beam <= 1 else _beam, model, features, vocab, decoding, emotions)
+
+
+def greedy_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int,
+                  no_repeat_ngram: int = 0, *, max_word_repeats: int = 0,
+                  emotions: torch.Tensor | None = None) -> list[list[int]]:
+    """features -> B lists of word ids (without <bos>/<eos>)."""
+    decoding = DecodingConfig(1, max_len, no_repeat_ngram=no_repeat_ngram, max_word_repeats=max_word_repeats)
+    return [h.ids for h in _run(_greedy, model, features, vocab, decoding, emotions)]
+
+
+def beam_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int, beam: int = 3,
+                length_alpha: float = 0.7, no_repeat_ngram: int = 0, *, max_word_repeats: int = 0,
+                emotions: torch.Tensor | None = None) -> list[list[int]]:
+    """features -> for each image the best finished caption's word ids (beam=1 runs the beam code)."""
+    decoding = DecodingConfig(beam, max_len, length_alpha, no_repeat_ngram, max_word_repeats)
+    return [h.ids for h in _run(_beam, model, features, vocab, decoding, emotions)]
+
+
+def generate(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
+             emotions: torch.Tensor | None = None, with_attention: bool = False) -> list[str] | list[Caption]:
+    """Captions as strings; with_attention: as `Caption`s, with where each word looked."""
     model.eval()
-    if beam <= 1:
-        ids = greedy_search(model, features, vocab, max_len, no_repeat_ngram)
-    else:
-        ids = beam_search(model, features, vocab, max_len, beam, length_alpha, no_repeat_ngram)
-    return [vocab.decode(seq) for seq in ids]
+    hypotheses = search(model, features, vocab, decoding, emotions)
+    if not with_attention:
+        return [vocab.decode(h.ids) for h in hypotheses]
+    return [Caption(vocab.decode(h.ids), [vocab.words[i] for i in h.ids],
+                    None if h.attention is None else h.attention.cpu().numpy()) for h in hypotheses]

@@ -1,0 +1,89 @@
+"""Show, Attend and Tell (Xu et al. 2015), soft attention: the decoder of the ArtEmis speaker.
+
+At every word the LSTM state h looks at each cell of the encoder's feature grid a [h*w, C]:
+
+    e_i   = w . tanh(W_a a_i + W_h h)            additive attention (W_a a_i computed once per image)
+    alpha = softmax(e)                           [h*w], what the word looks at
+    z     = sigmoid(f_beta(h)) * sum_i alpha_i a_i    the gated context ("f_beta" gate, section 4.2.1)
+    h, c  = LSTMCell([embed(word); z (; emotion features)], (h, c))
+    logits = Linear(Dropout(h))
+
+h and c start from the mean of the grid (through one Linear each). Training adds the "doubly
+stochastic" regulariser alpha_c * mean((1 - sum_t alpha_t)^2), which pushes every grid cell to be
+looked at about once over the caption.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, register_decoder
+
+
+@register_decoder("sat")
+class ShowAttendTell(nn.Module):
+    feature_kind = "grid"
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        self.config = config
+        c, h, a = config.feature_dim, config.hidden_dim, config.attention_dim
+        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
+        self.emotion = EmotionNet(config.num_emotions, config.emotion_dim) if config.num_emotions else None
+        self.grid_att = nn.Linear(c, a)  # W_a
+        self.hidden_att = nn.Linear(h, a)  # W_h
+        self.score = nn.Linear(a, 1)  # w
+        self.init_h, self.init_c = nn.Linear(c, h), nn.Linear(c, h)
+        self.f_beta = nn.Linear(h, c)
+        cell_input = config.embed_dim + c + (config.emotion_dim if self.emotion else 0)
+        self.cell = nn.LSTMCell(cell_input, h)
+        self.dropout = nn.Dropout(config.dropout)
+        self.out = nn.Linear(h, config.vocab_size)
+
+    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory:
+        """(grid [B, N, C], W_a grid [B, N, A], [emotion features [B, E]])."""
+        grid = check_features(self, features)
+        return (grid, self.grid_att(grid), *emotion_features(self.emotion, emotions, grid.size(0)))
+
+    def _initial_state(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = grid.mean(dim=1)
+        return self.init_h(mean), self.init_c(mean)
+
+    def _attend(self, memory: Memory, embedded: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
+        """One step from an embedded word: -> ((h, c), alpha [B, N])."""
+        grid, keys, *emotion = memory
+        h, c = state
+        scores = self.score(torch.tanh(keys + self.hidden_att(h).unsqueeze(1))).squeeze(-1)
+        alpha = torch.softmax(scores.float(), dim=-1).to(grid.dtype)
+        context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)
+        gated = torch.sigmoid(self.f_beta(h)) * context
+        h, c = self.cell(torch.cat([embedded, gated, *emotion], dim=-1), (h, c))
+        return (h, c), alpha
+
+    def step(self, memory: Memory, token: torch.Tensor, state: State = None):
+        """One word: token [B] -> (logits [B, V], (h, c), attention [B, N])."""
+        if state is None:
+            state = self._initial_state(memory[0])
+        state, alpha = self._attend(memory, self.embed(token), state)
+        return self.out(self.dropout(state[0])), state, alpha
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing, one batched step per position: -> (logits [B, T, V] or [N, V] under
+        `mask`, alpha_c * doubly stochastic regulariser over the masked positions)."""
+        memory = self.init_memory(features, emotions)
+        embedded = self.embed(tokens)
+        state = self._initial_state(memory[0])
+        hidden, alphas = [], []
+        for t in range(tokens.size(1)):
+            state, alpha = self._attend(memory, embedded[:, t], state)
+            hidden.append(state[0])
+            alphas.append(alpha)
+        hidden_t, alpha_t = torch.stack(hidden, dim=1), torch.stack(alphas, dim=1)  # [B, T, H], [B, T, N]
+        if mask is not None:
+            alpha_t = alpha_t * mask.unsqueeze(-1).to(alpha_t.dtype)  # padding looks at nothing
+            hidden_t = hidden_t[mask]
+        regulariser = ((1.0 - alpha_t.float().sum(dim=1)) ** 2).mean()
+        return self.out(self.dropout(hidden_t)), self.config.alpha_c * regulariser
