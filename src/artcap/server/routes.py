@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 # The page's security policy: our own files only; previews are blob: URLs.
+# The share of request_timeout_s a request may wait for a decode slot before it answers 503.
+DECODE_WAIT_SHARE = 0.5
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -58,10 +60,7 @@ class CaptionService:
         decoding = self._decoding(upload, beam, max_len)
         image_bytes = _image_bytes(upload)
         decode_started = time.perf_counter()
-        prepared = await anyio.to_thread.run_sync(
-            prepare_image, image_bytes, upload.filename, self.settings.max_pixels, self.captioner.encoder,
-            limiter=self._decode_limiter,
-        )
+        prepared = await self._prepare(image_bytes, upload.filename, started)
         queued_at = time.perf_counter()
         del image_bytes  # only the small model-size array waits in the queue
         results = await self._run_model(prepared, decoding)
@@ -80,6 +79,24 @@ class CaptionService:
             timing_ms=_timings(started, upload.read_ms, decode_started, queued_at, inference_started,
                                inference_finished),
         )
+
+    async def _prepare(self, data: bytes, filename: str | None, started: float) -> PreparedImage:
+        """Decode in a worker thread once one of the few decode slots is free. A request that
+        waits for a slot longer than half its time answers 503 at once: better than a 504 later."""
+        give_up_at = started + self.settings.request_timeout_s * DECODE_WAIT_SHARE
+        try:
+            with anyio.fail_after(max(0.0, give_up_at - time.perf_counter())):
+                await self._decode_limiter.acquire()
+        except TimeoutError:
+            raise ApiError(
+                503, "the server is busy decoding other uploads; retry in a few seconds"
+            ) from None
+        try:
+            return await anyio.to_thread.run_sync(
+                prepare_image, data, filename, self.settings.max_pixels, self.captioner.encoder
+            )
+        finally:
+            self._decode_limiter.release()
 
     def _decoding(self, upload: Upload, query_beam: int | None, query_max_len: int | None) -> DecodingConfig:
         """Form fields override query parameters; what neither gives is the model's default."""

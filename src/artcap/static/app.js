@@ -1,7 +1,6 @@
 // The page: pick or drop an image, POST it to /v1/captions, show the captions.
 "use strict";
-
-const BEAM = 5;
+// No beam is sent: the server then uses the model's default decoding (see /v1/limits).
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("image-input");
@@ -50,7 +49,6 @@ async function captionFile(file) {
 
   const body = new FormData();
   body.append("image", file, file.name);
-  body.append("beam", String(BEAM));
   let response, data;
   try {
     response = await fetch("/v1/captions", { method: "POST", body });
