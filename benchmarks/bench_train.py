@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from artcap.config import TrainConfig
 from artcap.model import DecoderConfig, MergeDecoder, caption_loss
-from artcap.train import _caption_table, load_corpus
+from artcap.corpus import caption_table, load_corpus
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "artemis-mini"
 
@@ -30,7 +30,8 @@ def main() -> None:
     args = parser.parse_args()
     config = TrainConfig(data=str(DATA / "artemis_mini.csv"), images=str(DATA / "wikiart"), image_size=224)
     corpus = load_corpus(config, progress=True)
-    table, rows = _caption_table(corpus, "train", corpus.data.max_len)
+    captions = caption_table(corpus, "train", corpus.data.max_len)
+    table, rows = captions.tokens, captions.rows
     torch.manual_seed(0)
     model = MergeDecoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

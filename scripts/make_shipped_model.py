@@ -67,8 +67,7 @@ def main() -> None:
     weights.chmod(0o644)
     model_config = json.loads((staging / "config.json").read_text())
     model_config["model_id"] = "artcap-default"
-    model_config["decoding"] = {"beam": config.beam, "length_alpha": config.length_alpha,
-                                "no_repeat_ngram": config.no_repeat_ngram}
+    model_config["decoding"] = config.decoding(model_config["max_len"]).to_dict()
     (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
     shutil.rmtree(TARGET, ignore_errors=True)
     staging.rename(TARGET)

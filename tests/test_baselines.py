@@ -30,7 +30,7 @@ def test_nearest_neighbour_uses_cosine_similarity_and_the_consensus_caption():
 
 def test_nearest_neighbour_on_real_features_finds_the_most_similar_training_painting(artemis_subset, feature_cache_dir):
     from artcap.config import TrainConfig
-    from artcap.train import load_corpus
+    from artcap.corpus import load_corpus
 
     csv_path, images = artemis_subset
     corpus = load_corpus(TrainConfig(data=str(csv_path), images=str(images), feature_cache=str(feature_cache_dir),

@@ -20,7 +20,8 @@ from artcap.cli import main
 from artcap.config import load_config
 from artcap.decode import beam_search, greedy_search
 from artcap.errors import ArtcapError
-from artcap.train import epoch_batches, load_corpus, train
+from artcap.corpus import load_corpus
+from artcap.train import epoch_batches, train
 
 
 def history(run):

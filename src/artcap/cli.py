@@ -6,6 +6,7 @@ import argparse
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,8 +47,6 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
                    help=f"image-decoding processes overlapping inference; 0 decodes in the main process "
                         f"(default here: {DEFAULT_NUM_WORKERS}: 0 on 2 cores or fewer, where a worker only competes)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for the model (default: torch's, one per core)")
     p.set_defaults(func=run_caption)
 
 
@@ -61,16 +60,11 @@ def run_caption(args) -> int:
         for _, message in failed:
             log.error("  %s", message)
 
-    for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size),
-                        ("--threads", args.threads)]:
+    for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size)]:
         if value is not None and value < 1:
             raise ArtcapError(f"{flag} must be 1 or more, got {value}")
     if args.num_workers < 0:
         raise ArtcapError(f"--num-workers must be 0 or more, got {args.num_workers}")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
 
     if args.out is not None:
         captioner = Captioner.load(args.model)
@@ -156,7 +150,7 @@ def _config_from_args(args):
 def run_features(args) -> int:
     import time
 
-    from .train import load_corpus
+    from .corpus import load_corpus
 
     config = _config_from_args(args)
     started = time.perf_counter()
@@ -189,6 +183,8 @@ def run_train(args) -> int:
         args.config, args.overrides = config_path, [*args.overrides, f"out={args.resume}"]
     config = _config_from_args(args)
     run = train(config, resume=args.resume is not None, progress=not args.quiet)
+    if not (run / "model" / "config.json").is_file():
+        raise ArtcapError(f"{run}: training ended without exporting a model; see the messages above")
     log.info("run folder: %s (best model in %s)", run, run / "model")
     return 0
 
@@ -236,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _subcommands():
         add(sub)
+    for command in sub.choices.values():  # options every command takes, before or after its name
+        command.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
+                             help="no progress bars or info messages")
+        command.add_argument("--threads", type=int, default=None,
+                             help="torch threads (default: torch's, one per core)")
     return parser
 
 
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
+        _set_threads(args.threads)
         return int(args.func(args) or 0)
     except ArtcapError as e:
         print(f"artcap: error: {e}", file=sys.stderr)
@@ -258,6 +260,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("artcap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`artcap caption ... | head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ArtcapError(f"--threads must be 1 or more, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":

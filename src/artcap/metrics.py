@@ -430,3 +430,16 @@ def format_markdown_table(
         cells = [str(name).replace("|", "\\|")] + [_cell(values.get(c), c, count_columns) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- model selection while training
+
+
+def selection_scores(predictions: Mapping[Hashable, str], references: Mapping[Hashable, list[str]]) -> dict[str, float]:
+    """Corpus BLEU-4 and CIDEr-D on artcap's own tokens (no Java, no JVM start): what training uses
+    to pick the best epoch by a caption metric. Close to, not equal to, the COCO protocol's numbers."""
+    ids = [k for k in predictions if references.get(k)]
+    res = {k: [" ".join(simple_tokenize(predictions[k]))] for k in ids}
+    gts = {k: [" ".join(simple_tokenize(r)) for r in references[k]] for k in ids}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return {"bleu4": float(bleu[3]), "cider": float(_cider_per_image(gts, res).mean())}

@@ -11,39 +11,43 @@ the global batch is split across processes, so the curve matches one process wit
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_model_dir
+from .checkpoint import export_model, load_checkpoint, load_model_dir, read_splits, save_checkpoint
 from .config import TrainConfig
-from .data import Annotation, CaptionData, prepare, read_annotations
-from .encoders import create_encoder, load_state_dict_file
+from .corpus import CaptionTable, Corpus, caption_table, load_corpus
 from .errors import ArtcapError
-from .features import FeatureCache, FeatureView, default_cache_dir
+from .features import FeatureView
 from .io import atomic_write_json
-from .model import DecoderConfig, MergeDecoder, caption_loss
+from .model import DecoderConfig, caption_loss, create_decoder
 
 log = logging.getLogger("artcap")
 
 
 @dataclass
-class Corpus:
-    """The data of a run: annotations as read, the prepared captions, and their image features."""
+class Batch:
+    features: torch.Tensor  # [B, C] or [B, g*g, C]
+    tokens: torch.Tensor  # [B, T]
+    emotions: torch.Tensor | None  # [B] emotion ids, for emotion-grounded decoders
 
-    annotations: list[Annotation]
-    data: CaptionData
-    features: FeatureView
-    image_row: dict[str, int]  # image id -> row of `features`
+
+LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
+
+
+def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Teacher forcing: the mean cross-entropy of every next word (plus the decoder's own regulariser)."""
+    return caption_loss(model, batch.features, batch.tokens, batch.emotions)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,45 +58,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",
-                progress: bool = True, annotations: list[Annotation] | None = None) -> Corpus:
-    """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features."""
-    if not config.data or not config.images:
-        raise ArtcapError("no data given: set `data` (CSV) and `images` (folder) in the config or with --set")
-    if annotations is None:
-        annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
-    data = prepare(annotations, config.preset, splits, seed=config.split_seed)
-    encoder = create_encoder(config.encoder, weights=config.encoder_weights, image_size=config.image_size or None)
-    cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder.to(device))
-    ids = sorted(data.paths)
-    paths = [data.paths[i] for i in ids]
-    failures = cache.extract(paths, batch_size=config.feature_batch_size, num_workers=config.num_workers,
-                             progress=progress)
-    if failures:
-        first = next(iter(failures.values()))
-        summary = f"{len(failures)} image(s) could not be read (first: {first})"
-        if not config.skip_missing:
-            raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
-        log.warning("%s; skipped them (--skip-missing)", summary)
-        ids = [i for i in ids if data.paths[i] not in failures]
-        for i in set(data.paths) - set(ids):
-            del data.paths[i], data.captions[i], data.emotions[i]
-        paths = [data.paths[i] for i in ids]
-    return Corpus(annotations, data, cache.view(paths), {i: n for n, i in enumerate(ids)})
-
-
-def _caption_table(corpus: Corpus, split: str, max_len: int) -> tuple[torch.Tensor, np.ndarray]:
-    """All captions of a split as a padded id tensor [N, max_len+2] and their feature rows [N]."""
-    data = corpus.data
-    rows, seqs = [], []
-    for image_id in data.split_ids(split):
-        for tokens in data.captions[image_id]:
-            seqs.append(data.vocab.encode(tokens[:max_len]))
-            rows.append(corpus.image_row[image_id])
-    table = torch.zeros((len(seqs), max_len + 2), dtype=torch.long)
-    for n, seq in enumerate(seqs):
-        table[n, : len(seq)] = torch.tensor(seq)
-    return table, np.asarray(rows, dtype=np.int64)
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warmup to `lr`, then constant or cosine decay to `min_lr` at the last step (nanoGPT's get_lr)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.lr_schedule == "constant":
+        return config.lr
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
 
 
 def epoch_batches(n: int, batch_size: int, steps: int, epoch: int, seed: int) -> list[np.ndarray]:
@@ -126,21 +99,100 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 @torch.no_grad()
-def evaluate_loss(model: MergeDecoder, table: torch.Tensor, rows: np.ndarray, features: FeatureView,
-                  device: torch.device, batch_size: int = 256) -> float:
-    """Token-weighted mean cross-entropy over a split, with dropout off."""
+def evaluate_loss(model: torch.nn.Module, table: CaptionTable, features: FeatureView, device: torch.device,
+                  batch_size: int = 256) -> float | None:
+    """Token-weighted mean cross-entropy over a split, with dropout off; None for an empty split."""
+    if len(table) == 0:
+        return None
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(table), batch_size):
-        feats = torch.from_numpy(features[rows[s : s + batch_size]]).to(device)
-        loss, n = caption_loss(model, feats, table[s : s + batch_size].to(device))
+        grounded = getattr(model, "config", None) is not None and model.config.num_emotions > 0
+        batch = _batch(table, np.arange(s, min(s + batch_size, len(table))), features, device, grounded)
+        loss, n = cross_entropy_loss(model, batch)
         total, count = total + float(loss) * n, count + n
     model.train(was_training)
     return total / max(count, 1)
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+@torch.no_grad()
+def validation_scores(model: torch.nn.Module, corpus: Corpus, max_len: int, device: torch.device) -> dict[str, float]:
+    """Greedy captions of the val paintings scored by BLEU-4 and CIDEr-D (artcap tokens): for `select_by`."""
+    from .decode import DecodingConfig, generate
+    from .metrics import selection_scores
+
+    data = corpus.data
+    ids = data.split_ids("val")
+    if len(ids) < 2:
+        return {}
+    rows = np.asarray([corpus.image_row[i] for i in ids])
+    was_training = model.training
+    captions = []
+    for s in range(0, len(ids), 128):
+        features = torch.from_numpy(corpus.features[rows[s : s + 128]]).to(device)
+        captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len))
+    model.train(was_training)
+    references = {i: [" ".join(t) for t in data.captions[i]] for i in ids}
+    return selection_scores(dict(zip(ids, captions)), references)
+
+
+def _batch(table: CaptionTable, idx: np.ndarray, features: FeatureView, device: torch.device,
+           with_emotions: bool) -> Batch:
+    return Batch(torch.from_numpy(features[table.rows[idx]]).to(device, non_blocking=True),
+                 table.tokens[idx].to(device, non_blocking=True),
+                 table.emotions[idx].to(device) if with_emotions else None)
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint restores: where the run is and what it has learned."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    history: list[dict] = field(default_factory=list)
+    best: float = -math.inf  # the selection score of the exported model (higher is better)
+    epoch: int = 0
+    step: int = 0  # within `epoch`
+    partial: tuple[float, int] = (0.0, 0)  # (loss sum, tokens) of `epoch` so far
+
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                               "history": self.history, "best": self.best, "epoch": self.epoch, "step": self.step,
+                               "partial_loss": self.partial[0], "partial_tokens": self.partial[1]})
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history, self.best = state["history"], state["best"]
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.partial = (state["partial_loss"], state["partial_tokens"])
+
+
+def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
+    """A fresh decoder, or (init_from) the decoder of a model folder, whose vocabulary the corpus then uses."""
+    if config.init_from:
+        decoder, vocab, _ = load_model_dir(config.init_from)
+        if decoder.config.feature_dim != corpus.features.dim or decoder.config.kind != config.decoder:
+            raise ArtcapError(f"init_from {config.init_from}: its decoder ({decoder.config.kind}, "
+                              f"{decoder.config.feature_dim}-d features) does not fit this config "
+                              f"({config.decoder}, {corpus.features.dim}-d); use the same decoder and encoder")
+        corpus.data.vocab = vocab
+        return decoder.train()
+    emotions = 9 if config.emotion_grounded else 0
+    return create_decoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim, config.embed_dim,
+                                        config.hidden_dim, config.dropout, kind=config.decoder,
+                                        num_emotions=emotions))
+
+
+def _selection_score(config: TrainConfig, record: dict) -> float | None:
+    if config.select_by == "val_loss":
+        return -record["val_loss"] if record["val_loss"] is not None else None
+    return record.get(config.select_by)
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          loss_fn: LossFn = cross_entropy_loss) -> Path:
     """Train (or resume) the run in `config.out`; returns the run folder."""
     rank, world = _distributed()
     device = resolve_device(config.device)
@@ -155,9 +207,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if config.batch_size % world:
         raise ArtcapError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
 
-    splits = None
-    if resume and (run / "splits.json").exists():
-        splits = json.loads((run / "splits.json").read_text())
+    splits = read_splits(run / "splits.json") if resume and (run / "splits.json").exists() else None
     # Rank 0 extracts features first; the others then find them in the cache.
     if rank == 0:
         corpus = load_corpus(config, splits, device, progress)
@@ -165,110 +215,124 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         dist.barrier()
     if rank != 0:
         corpus = load_corpus(config, splits, device, progress=False)
-    data = corpus.data
-    max_len = config.max_len or data.max_len
-
-    if rank == 0:
-        run.mkdir(parents=True, exist_ok=True)
-        config.save(run / "config.toml")
-        atomic_write_json(run / "splits.json", data.splits)
-        data.vocab.save(run / "vocab.json")
-        atomic_write_json(run / "data.json", {**data.counts(), "preset": data.preset})
+    _check_splits(corpus)
+    max_len = config.max_len or corpus.data.max_len
 
     torch.manual_seed(config.seed)
-    model = MergeDecoder(DecoderConfig(len(data.vocab), corpus.features.dim, config.embed_dim,
-                                       config.hidden_dim, config.dropout)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    history: list[dict] = []
-    start_epoch, start_step, partial = 0, 0, (0.0, 0)
-    best_val = math.inf
-    if resume:
-        state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, best_val = state["history"], state["best_val"]
-        start_epoch, start_step = state["epoch"], state["step"]
-        partial = (state["partial_loss"], state["partial_tokens"])
+    model = build_decoder(config, corpus).to(device)
+    state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.lr))
+    if resume and checkpoint_path.exists():
+        state.restore(load_checkpoint(checkpoint_path))
         if rank == 0:
-            log.info("resuming %s at epoch %d, step %d", run, start_epoch + 1, start_step)
+            log.info("resuming %s at epoch %d, step %d", run, state.epoch + 1, state.step)
+    elif resume and rank == 0:
+        log.warning("%s: no checkpoint yet (stopped before the first one was written): starting the run over", run)
+    if rank == 0:
+        _write_run_files(run, config, corpus)
     trainable = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
 
-    train_table, train_rows = _caption_table(corpus, "train", max_len)
-    val_table, val_rows = _caption_table(corpus, "val", max_len)
-    if len(train_table) == 0:
-        raise ArtcapError("the training split has no captions")
-    use_amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-    def save(epoch: int, step: int, loss_sum: float, tokens: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-            "best_val": best_val, "epoch": epoch, "step": step, "partial_loss": loss_sum, "partial_tokens": tokens,
-        })
-
-    for epoch in range(start_epoch, config.epochs):
-        batches = epoch_batches(len(train_table), config.batch_size, config.steps_per_epoch, epoch, config.seed)
-        first = start_step if epoch == start_epoch else 0
-        loss_sum, token_count = partial if epoch == start_epoch else (0.0, 0)
-        torch.manual_seed(config.seed * 100_003 + epoch * 1009 + first * 7 + rank)  # dropout, reproducibly
-        model.train()
-        started = time.perf_counter()
-        bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
-                   disable=not progress or rank != 0, dynamic_ncols=True)
-        window_tokens, window_start = 0, time.perf_counter()
-        for step in range(first, len(batches)):
-            idx = batches[step][rank::world]
-            feats = torch.from_numpy(corpus.features[train_rows[idx]]).to(device, non_blocking=True)
-            tokens = train_table[idx].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss, n = caption_loss(trainable, feats, tokens)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum, token_count = loss_sum + loss.item() * n, token_count + n
-            window_tokens += n * world
-            bar.update(1)
-            if step % 10 == 0 or step == len(batches) - 1:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                bar.set_postfix(loss=f"{loss_sum / max(token_count, 1):.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
-            if config.checkpoint_every and (step + 1) % config.checkpoint_every == 0 and step + 1 < len(batches):
-                if rank == 0:
-                    save(epoch, step + 1, loss_sum, token_count)
-        bar.close()
-        seconds = time.perf_counter() - started
-        total_loss, total_tokens = _all_sum([loss_sum, token_count], device)
-        val_loss = evaluate_loss(model, val_table, val_rows, corpus.features, device) if len(val_table) else math.nan
-        history.append({"epoch": epoch + 1, "train_loss": total_loss / max(total_tokens, 1), "val_loss": val_loss,
-                        "seconds": seconds, "steps": len(batches), "tokens": int(total_tokens)})
+    train_table = caption_table(corpus, "train", max_len)
+    val_table = caption_table(corpus, "val", max_len)
+    if config.emotion_grounded and bool((train_table.emotions < 0).any()):
+        raise ArtcapError(f"{config.data}: emotion_grounded needs an emotion for every caption (ArtEmis data); "
+                          f"this data has captions without one")
+    for epoch in range(state.epoch, config.epochs):
+        _train_epoch(config, state, trainable, loss_fn, train_table, corpus.features, device, rank, world, progress,
+                     checkpoint_path)
+        record = state.history[-1]
+        record["val_loss"] = evaluate_loss(model, val_table, corpus.features, device)
+        if config.select_by != "val_loss":
+            record.update(validation_scores(model, corpus, max_len, device))
         if rank == 0:
-            if val_loss < best_val or math.isnan(val_loss):
-                best_val = val_loss if not math.isnan(val_loss) else best_val
-                export_model(run / "model", model, corpus, config, max_len, history)
-            save(epoch + 1, 0, 0.0, 0)
-            atomic_write_json(run / "history.json", history)
-            log.info("epoch %d: train loss %.4f, val loss %.4f, %.1f s", epoch + 1,
-                     history[-1]["train_loss"], val_loss, seconds)
+            _end_epoch(config, state, record, run, corpus, max_len)
+        state.epoch, state.step, state.partial = epoch + 1, 0, (0.0, 0)
+        if rank == 0:
+            state.save(checkpoint_path)
+            atomic_write_json(run / "history.json", state.history)
     if rank == 0:
         from .plots import plot_losses
 
-        plot_losses({run.name: history}, run / "loss.png")
+        plot_losses({run.name: state.history}, run / "loss.png")
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return run
 
 
-def export_model(path: Path, model: MergeDecoder, corpus: Corpus, config: TrainConfig, max_len: int,
-                 history: list[dict]) -> None:
-    """Write a model folder that `Captioner.load` reads."""
-    custom = config.encoder_weights not in ("imagenet", "random")
-    save_model_dir(path, model, corpus.data.vocab, {
-        "model_id": f"artcap-{Path(config.out).name}",
-        "encoder": {"name": config.encoder, "weights": "file" if custom else config.encoder_weights,
-                    "image_size": config.image_size or None},
-        "preset": config.preset,
-        "max_len": max_len,
-        "decoding": {"beam": config.beam, "length_alpha": config.length_alpha, "no_repeat_ngram": config.no_repeat_ngram},
-        "training": {"epochs_done": len(history), "best_val_loss": min(h["val_loss"] for h in history),
-                     "data": corpus.data.counts(), "torch": torch.__version__},
-    }, encoder_state=load_state_dict_file(config.encoder_weights) if custom else None)
-    atomic_write_json(path / "splits.json", corpus.data.splits)  # so evaluation finds the held-out paintings
+def _check_splits(corpus: Corpus) -> None:
+    counts = corpus.data.counts()
+    sizes = f"{counts['images']} paintings split into {counts['train_images']} train / {counts['val_images']} val / " \
+            f"{counts['test_images']} test"
+    if counts["train_images"] == 0:
+        raise ArtcapError(f"{sizes}: no training painting; use a larger data set")
+    if counts["val_images"] == 0:
+        log.warning("%s: no validation painting, so no val loss: the last epoch's model is exported", sizes)
+
+
+def _write_run_files(run: Path, config: TrainConfig, corpus: Corpus) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(run / "config.toml")
+    atomic_write_json(run / "splits.json", corpus.data.splits)
+    corpus.data.vocab.save(run / "vocab.json")
+    atomic_write_json(run / "data.json", {**corpus.data.counts(), "preset": corpus.data.preset})
+
+
+def _train_epoch(config: TrainConfig, state: RunState, trainable: torch.nn.Module, loss_fn: LossFn,
+                 table: CaptionTable, features: FeatureView, device: torch.device, rank: int, world: int,
+                 progress: bool, checkpoint_path: Path) -> None:
+    """One epoch from `state.step` on; checkpoints inside it by step count and by time. Appends its history record."""
+    if len(table) == 0:
+        raise ArtcapError("the training split has no captions")
+    epoch = state.epoch
+    batches = epoch_batches(len(table), config.batch_size, config.steps_per_epoch, epoch, config.seed)
+    total_steps = config.epochs * len(batches)
+    first = state.step
+    loss_sum, token_count = state.partial
+    tokens_before = token_count  # counted by an earlier (interrupted) process
+    torch.manual_seed(config.seed * 100_003 + epoch * 1009 + first * 7 + rank)  # dropout, reproducibly
+    trainable.train()
+    use_amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    started = last_save = time.perf_counter()
+    bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+               disable=not progress or rank != 0, dynamic_ncols=True)
+    for step in range(first, len(batches)):
+        lr = learning_rate(config, epoch * len(batches) + step, total_steps)
+        for group in state.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            batch = _batch(table, batches[step][rank::world], features, device, config.emotion_grounded)
+            loss, n = loss_fn(trainable, batch)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        state.optimizer.step()
+        loss_sum, token_count = loss_sum + loss.item() * n, token_count + n
+        bar.update(1)
+        if step % 10 == 0 or step == len(batches) - 1:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.set_postfix(loss=f"{loss_sum / max(token_count, 1):.3f}", lr=f"{lr:.2e}",
+                            tok_s=f"{(token_count - tokens_before) * world / elapsed:,.0f}")
+        due = (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or (
+            config.checkpoint_minutes and time.perf_counter() - last_save >= 60 * config.checkpoint_minutes)
+        if due and step + 1 < len(batches) and rank == 0:
+            state.step, state.partial = step + 1, (loss_sum, token_count)
+            state.save(checkpoint_path)
+            last_save = time.perf_counter()
+    bar.close()
+    seconds = time.perf_counter() - started
+    total_loss, total_tokens = _all_sum([loss_sum, token_count], device)
+    state.history.append({"epoch": epoch + 1, "train_loss": total_loss / max(total_tokens, 1), "val_loss": None,
+                          "seconds": seconds, "steps": len(batches), "tokens": int(total_tokens),
+                          "tokens_per_s": (total_tokens - tokens_before * world) / max(seconds, 1e-9), "lr": lr})
+
+
+def _end_epoch(config: TrainConfig, state: RunState, record: dict, run: Path, corpus: Corpus, max_len: int) -> None:
+    """Export the model when the selection measure improved (or when there is none to go by)."""
+    score = _selection_score(config, record)
+    if score is None or score > state.best:
+        state.best = score if score is not None else state.best
+        export_model(run / "model", state.model, corpus.data, config, max_len, state.history)
+    shown = {k: record[k] for k in ("train_loss", "val_loss", "bleu4", "cider") if record.get(k) is not None}
+    log.info("epoch %d: %s, %.1f s", record["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
+             record["seconds"])

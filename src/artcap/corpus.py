@@ -1,0 +1,96 @@
+"""Stage 1b, corpus assembly: annotations + preset + cached image features, as training and evaluation see them.
+
+    corpus = load_corpus(config)                     # reads the data, extracts (or reuses) features
+    table = caption_table(corpus, "train", max_len)  # every caption of a split as padded ids + feature rows
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import EMOTIONS, Annotation, CaptionData, prepare, read_annotations
+from .encoders import EncoderSpec
+from .errors import ArtcapError
+from .features import FeatureCache, FeatureSpec, FeatureView, default_cache_dir
+
+log = logging.getLogger("artcap")
+NO_EMOTION = -1  # the emotion id of a caption without one (Flickr8k)
+
+
+@dataclass
+class Corpus:
+    """The data of a run: annotations as read, the prepared captions, and their image features."""
+
+    annotations: list[Annotation]
+    data: CaptionData
+    features: FeatureView
+    image_row: dict[str, int]  # image id -> row of `features`
+
+
+@dataclass
+class CaptionTable:
+    """All captions of one split, ready for batching: nothing per caption lives in Python objects."""
+
+    tokens: torch.Tensor  # [N, max_len + 2] word ids (<bos> ... <eos>, then <pad>)
+    rows: np.ndarray  # [N] row of each caption's image in the corpus features
+    emotions: torch.Tensor  # [N] emotion id (index in data.EMOTIONS) or NO_EMOTION
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def feature_spec(config: TrainConfig) -> FeatureSpec:
+    """The features a decoder kind reads: pooled vectors, or a grid for attention."""
+    from .model import _DECODERS  # FIXME(wiring): use model.decoder_feature_kind once it exists
+
+    if config.decoder not in _DECODERS:
+        raise ArtcapError(f"config key decoder = {config.decoder!r}: unknown; choose one of {', '.join(sorted(_DECODERS))}")
+    return FeatureSpec(_DECODERS[config.decoder].feature_kind, config.grid_size)
+
+
+def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",
+                progress: bool = True, annotations: list[Annotation] | None = None,
+                spec: FeatureSpec | None = None) -> Corpus:
+    """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features."""
+    if not config.data or not config.images:
+        raise ArtcapError("no data given: set `data` (CSV) and `images` (folder) in the config or with --set")
+    if annotations is None:
+        annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
+    data = prepare(annotations, config.preset, splits, seed=config.split_seed)
+    encoder = EncoderSpec.from_train_config(config).create()
+    cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder.to(device), spec or feature_spec(config))
+    ids = sorted(data.paths)
+    failures = cache.extract([data.paths[i] for i in ids], batch_size=config.feature_batch_size,
+                             num_workers=config.num_workers, progress=progress)
+    if failures:
+        first = next(iter(failures.values()))
+        summary = f"{len(failures)} image(s) could not be read (first: {first})"
+        if not config.skip_missing:
+            raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
+        log.warning("%s; skipped them (--skip-missing)", summary)
+        ids = [i for i in ids if data.paths[i] not in failures]
+        for i in set(data.paths) - set(ids):
+            del data.paths[i], data.captions[i], data.emotions[i]
+    return Corpus(annotations, data, cache.view([data.paths[i] for i in ids]), {i: n for n, i in enumerate(ids)})
+
+
+def caption_table(corpus: Corpus, split: str, max_len: int) -> CaptionTable:
+    """Every caption of a split as padded ids, with its image's feature row and its emotion."""
+    data = corpus.data
+    emotion_id = {name: n for n, name in enumerate(EMOTIONS)}
+    rows, seqs, emotions = [], [], []
+    for image_id in data.split_ids(split):
+        for tokens, emotion in zip(data.captions[image_id], data.emotions[image_id]):
+            seqs.append(data.vocab.encode(tokens[:max_len]))
+            rows.append(corpus.image_row[image_id])
+            emotions.append(emotion_id.get(emotion, NO_EMOTION))
+    table = torch.zeros((len(seqs), max_len + 2), dtype=torch.long)
+    for n, seq in enumerate(seqs):
+        table[n, : len(seq)] = torch.tensor(seq)
+    return CaptionTable(table, np.asarray(rows, dtype=np.int64), torch.tensor(emotions, dtype=torch.long))
