@@ -120,7 +120,11 @@ def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
 
 
 def _row_format(path: Path, header: list[str]) -> tuple[tuple[str, ...], RowMaker]:
-    if set(FLICKR_COLUMNS) <= set(header) and "utterance" not in header:
+    if set(FLICKR_COLUMNS) & set(header) and "utterance" not in header:  # image and/or caption
+        missing = [c for c in FLICKR_COLUMNS if c not in header]
+        if missing:
+            raise ArtcapError(f"{path}: missing column(s) {', '.join(missing)}; a Flickr8k file needs "
+                              f"{', '.join(FLICKR_COLUMNS)}")
         return FLICKR_COLUMNS, _flickr_row
     missing = [c for c in ARTEMIS_COLUMNS if c not in header]
     if missing:
