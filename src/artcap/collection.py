@@ -30,6 +30,7 @@ import errno
 import io
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -287,6 +288,16 @@ class RecordFile:
             raise _not_ours(self.path, f"no {manifest_path(self.path).name} beside it")
         else:
             manifest.check_resumes(self.path, self.identity)
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """A job killed while rewriting the file (or its manifest) leaves its temporary file behind
+        (io.atomic_path's `.<name>.<8 random characters>.tmp`); under the lock none is in use."""
+        names = {self.path.name, manifest_path(self.path).name}
+        for entry in self.path.parent.iterdir():
+            match = _TEMPORARY.fullmatch(entry.name)
+            if match and match.group(1) in names:
+                entry.unlink(missing_ok=True)
 
     def _load(self) -> None:
         self._file.seek(0)
@@ -437,6 +448,9 @@ class RecordFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def _same_file(path: Path, file: io.FileIO) -> bool:
