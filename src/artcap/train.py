@@ -260,13 +260,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
 
 def _check_splits(corpus: Corpus) -> None:
-    counts = corpus.data.counts()
-    sizes = f"{counts['images']} paintings split into {counts['train_images']} train / {counts['val_images']} val / " \
-            f"{counts['test_images']} test"
-    if counts["train_images"] == 0:
-        raise ArtcapError(f"{sizes}: no training painting; use a larger data set")
-    if counts["val_images"] == 0:
-        log.warning("%s: no validation painting, so no val loss: the last epoch's model is exported", sizes)
+    corpus.data.require_splits("train")  # images dropped by --skip-missing may have emptied it
+    if corpus.data.split_sizes().val == 0:  # prepare() has said so already
+        log.warning("without validation paintings, the last epoch's model is exported")
 
 
 def _write_run_files(run: Path, config: TrainConfig, corpus: Corpus) -> None:
