@@ -58,11 +58,12 @@ class CaptionService:
         started = time.perf_counter()
         upload = await read_multipart(request, self.settings.max_upload_bytes)
         decoding = self._decoding(upload, beam, max_len)
-        image_bytes = _image_bytes(upload)
+        image_bytes = _take_image_bytes(upload)
+        upload_size = len(image_bytes)
         decode_started = time.perf_counter()
         prepared = await self._prepare(image_bytes, upload.filename, started)
         queued_at = time.perf_counter()
-        del image_bytes  # only the small model-size array waits in the queue
+        del image_bytes  # the upload goes now: only the small model-size array waits for the model
         results = await self._run_model(prepared, decoding)
         greedy, beam_caption = results[0][0], (results[1][0] if len(results) > 1 else None)
         inference_started = min(started for _, started, _ in results)
@@ -75,7 +76,7 @@ class CaptionService:
             max_len=decoding.max_len,
             decoding=decoding,
             image=ImageInfo(width=prepared.width, height=prepared.height, format=prepared.format,
-                            bytes=len(upload.image or b"")),
+                            bytes=upload_size),
             timing_ms=_timings(started, upload.read_ms, decode_started, queued_at, inference_started,
                                inference_finished),
         )
@@ -134,12 +135,14 @@ class CaptionService:
         )
 
 
-def _image_bytes(upload: Upload) -> bytes:
-    if upload.image is None:
+def _take_image_bytes(upload: Upload) -> bytes:
+    """The image's bytes, removed from `upload` so that the caller holds the only reference."""
+    data, upload.image = upload.image, None
+    if data is None:
         raise ApiError(422, "the form has no 'image' field; send the painting as multipart field 'image'")
-    if not upload.image:
+    if not data:
         raise ApiError(422, f"{upload.filename or 'the image'} is empty (0 bytes); send the image file itself")
-    return upload.image
+    return data
 
 
 def _int_param(name: str, raw: str | None, low: int, high: int) -> int | None:
