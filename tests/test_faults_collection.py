@@ -112,8 +112,8 @@ def run_killed(command: list[str], out: Path, rng: random.Random, run_seconds: f
     whole run's time (model loading, the manifest, a rewrite...) or once a random number of further
     records are on disk."""
     already = out.read_bytes().count(b"\n") if out.exists() else 0
-    more, delay = rng.randint(0, 15), rng.uniform(0.0, run_seconds)
-    by_records = rng.random() < 0.5
+    more, delay = rng.randint(0, 20), rng.uniform(0.0, run_seconds)
+    by_records = rng.random() < 0.7
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     try:
@@ -144,7 +144,7 @@ def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(shared_
     for seed in range(3):
         rng = random.Random(seed)
         out = tmp_path / f"killed-{seed}.jsonl"
-        for _ in range(rng.randint(1, 2)):
+        for _ in range(2):  # the second kill often lands in a resume that is retrying the corrupt file
             run_killed(caption_command(folder, out, model_dir), out, rng, run_seconds)
             assert_only_complete_records(out)
         resumed = subprocess.run(caption_command(folder, out, model_dir), capture_output=True, text=True,
