@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from artcap.data import EMOTIONS as DATA_EMOTIONS
-from artcap.decode import (STOP_WORDS, DecodingConfig, beam_search, generate, greedy_search)
+from artcap.decode import STOP_WORDS, DecodingConfig, beam_search, generate, greedy_search
 from artcap.errors import ArtcapError
 from artcap.model import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
                           decoder_kinds, emotion_features, emotion_ids, register_decoder)

@@ -16,7 +16,6 @@ looked at about once over the caption.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .model import DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, register_decoder
