@@ -7,9 +7,10 @@ The record file (JSON Lines or CSV) stays plain: pandas or jq read it as it is. 
 `<out>.job.json` (the job manifest) says that artcap wrote it and with which settings:
 
     {"format": "artcap-caption-records", "version": 1,
-     "job": {"model": "...", "beam": 1, "max_len": 30, "length_alpha": 0.7, "no_repeat_ngram": 0},
-     "fields": ["path", "caption", "model", "beam", "max_len", "length_alpha", "no_repeat_ngram",
-                "time", "error"]}
+     "job": {"model": "...", "beam": 1, "max_len": 30, "length_alpha": 0.7, ...},
+     "fields": ["path", "caption", "model", "beam", "max_len", "length_alpha", ..., "time", "error"]}
+
+("job" is JobIdentity.to_dict(): the model and every DecodingConfig setting.)
 
 The manifest is written (atomically) before the first record, so a non-empty record file without
 one was not written by artcap and is never touched. Each record holds one image's caption (or its
@@ -18,8 +19,8 @@ small groups. On start, once the manifest shows the file is artcap's and the job
 (same model and decoding: anything else is refused), a trailing partial record (kill -9, power
 loss, disk full) is cut away; images with a good record are skipped and images whose record is an
 error are tried again, their new record appended (when reading, the last record for a path wins).
-A run that finishes rewrites the file atomically with one record per image, in the order the
-images were first written, so an interrupted job re-run with the same command ends with exactly
+A run that finishes, if it superseded a record, rewrites the file atomically with one record per
+image (its last) in the order the images were first written, so an interrupted job re-run with the same command ends with exactly
 the file an uninterrupted run writes (only the time fields differ).
 """
 
