@@ -15,7 +15,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -136,8 +136,12 @@ class FeatureCache:
     writes its shard and the new index atomically. Shards are checked against their recorded byte size,
     so one damaged on disk is dropped and its images re-extracted, never read as garbage."""
 
-    def __init__(self, root: str | Path, encoder: Encoder, spec: FeatureSpec | None = None):
+    def __init__(self, root: str | Path, encoder: Encoder, spec: FeatureSpec | None = None,
+                 runner: Callable[[torch.Tensor], EncoderOutput] | None = None):
         self.encoder, self.spec = encoder, spec or FeatureSpec()
+        # What computes the features: `encoder` itself, or an onnx_backend runner of it (ONNX Runtime's
+        # features equal torch's to ~1e-5, so both fill one cache)
+        self.runner = runner or encoder
         self.dir = Path(root) / encoder.key / self.spec.folder
         self.index_path = self.dir / "index.json"
         self._lock = FileLock(str(self.dir / ".lock"))  # the file is made on first use, by extraction only
@@ -222,7 +226,7 @@ class FeatureCache:
                 for i, err in errors.items():
                     failures[chunk[i]] = err
                 if batch is not None:
-                    rows[idx] = self.spec.select(self.encoder(batch.to(device))).float().cpu().numpy()
+                    rows[idx] = self.spec.select(self.runner(batch.to(device))).float().cpu().numpy()
                     done[idx] = True
                 bar.update(len(idx) + len(errors))
         return rows, done
@@ -259,6 +263,11 @@ class FeatureCache:
         return FeatureView(shards, locations, self.spec.row_shape(self.encoder.feature_dim))
 
 
+def cache_root() -> Path:
+    """$ARTCAP_CACHE, else ~/.cache/artcap: features/ and onnx/ (the exported image network) live there."""
+    return Path(os.environ.get("ARTCAP_CACHE", Path.home() / ".cache" / "artcap"))
+
+
 def default_cache_dir() -> Path:
     """$ARTCAP_CACHE, else ~/.cache/artcap/features."""
-    return Path(os.environ.get("ARTCAP_CACHE", Path.home() / ".cache" / "artcap")) / "features"
+    return cache_root() / "features"
