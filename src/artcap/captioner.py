@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_model_dir
-from .decode import Caption, DecodingConfig, generate
+from .decode import DecodingConfig, generate
 from .encoders import Encoder, EncoderSpec
 from .errors import ArtcapError
 from .features import FeatureSpec
@@ -24,7 +25,35 @@ from .images import to_rgb_image
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 from .text import Vocabulary
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "default"
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_MODEL_DIR = MODELS_DIR / "default"
+
+
+def shipped_models() -> dict[str, Path]:
+    """The models inside the package, by name (`--model NAME`): default, paper, sat, ..."""
+    return {p.name: p for p in sorted(MODELS_DIR.iterdir()) if (p / "config.json").is_file()}
+
+
+def resolve_model_path(spec: str | os.PathLike | None) -> tuple[Path, str | None]:
+    """A model spec -> (local model folder, source): None is the default model; a shipped model's name,
+    a model or run folder, or hf:OWNER/NAME[@REVISION] (downloaded once, then cached; its source is
+    hf:OWNER/NAME@COMMIT so a job records exactly which weights it used)."""
+    from .hub import HubModel, is_hub_spec, resolve_model_source
+
+    if spec is None:
+        return DEFAULT_MODEL_DIR, None
+    if is_hub_spec(spec):
+        path, commit = resolve_model_source(str(spec))
+        return path, f"hf:{HubModel.parse(str(spec)).repo_id}@{commit}"
+    path = Path(spec)
+    if not path.exists() and str(spec) in shipped_models():
+        return shipped_models()[str(spec)], None
+    if not path.exists():
+        raise ArtcapError(f"{path}: no such model folder; pass a model or run folder, a shipped model "
+                          f"({', '.join(shipped_models())}) or hf:OWNER/NAME")
+    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
+        path = path / "model"  # a run folder: use its best model
+    return path, None
 
 ImageInput = Image.Image | np.ndarray | str | Path
 """A path (str or Path), a PIL image, or a uint8 numpy array (HxWx3, HxW or HxWx4): see images.to_rgb_image."""
@@ -41,25 +70,28 @@ class Captioner:
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", backend: str = "auto") -> "Captioner":
-        """Load a model folder (a run folder's `model/` works too, as does the run folder itself);
-        None loads the model shipped inside the package. `backend` runs the image network: "auto"
-        (ONNX Runtime on the CPU when installed and the export checks out, else torch), "torch" or "onnx"."""
-        path = Path(path) if path is not None else DEFAULT_MODEL_DIR
-        if not path.exists():
-            raise ArtcapError(f"{path}: no such model folder")
-        if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
-            path = path / "model"  # a run folder: use its best model
+        """Load a model: None (the default shipped model), a shipped model's name ("paper", "sat"), a
+        model folder, a run folder (its best model), or "hf:OWNER/NAME[@REVISION]" from the Hugging Face
+        Hub. `backend` runs the image network: "auto" (ONNX Runtime on the CPU when installed and the
+        export checks out, else torch), "torch" or "onnx"."""
+        path, source = resolve_model_path(path)
         decoder, vocab, config = load_model_dir(path)
         encoder = EncoderSpec.from_dict(config["encoder"]).create(path)
         dev = torch.device(device)
         # channels_last: the layout oneDNN's CPU convolutions (and cuDNN's) run fastest on
         encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
         runner = create_runner(encoder, backend, dev)
-        return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path)}, dev, runner)
+        return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path), "source": source}, dev,
+                   runner)
 
     @property
     def model_id(self) -> str:
         return self.config.get("model_id", "artcap")
+
+    @property
+    def source(self) -> str:
+        """What identifies these weights in a job's records: hf:OWNER/NAME@COMMIT for a Hub model, else the model id."""
+        return self.config.get("source") or self.model_id
 
     @property
     def decoding(self) -> DecodingConfig:
@@ -96,38 +128,64 @@ class Captioner:
         return self.feature_spec.select(self.runner(batch)).to(self.device)
 
     @torch.inference_mode()
+    def describe_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
+                          decoding: DecodingConfig | None = None, with_attention: bool = False) -> list[Description]:
+        """Everything artcap says about each image, from its features ([B, C] or [B, g*g, C]): the caption,
+        its words and (with_attention, attention decoders only) where each word looked."""
+        if with_attention and not self.has_attention:
+            raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot "
+                              f"show where words come from; use an attention model, e.g. --model sat")
+        decoding = self.resolve_decoding(decoding, beam=beam, max_len=max_len)
+        captions = generate(self.decoder, features.to(self.device), self.vocab, decoding,
+                            with_attention=with_attention)
+        if not with_attention:
+            return [Description(text, text.split(), None) for text in captions]
+        return [Description(c.text, c.words, c.attention) for c in captions]
+
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
                          decoding: DecodingConfig | None = None) -> list[str]:
-        """Captions from features [B, F]. `decoding` (default: the model's) with `beam`/`max_len` changed."""
-        decoding = self.resolve_decoding(decoding, beam=beam, max_len=max_len)
-        return generate(self.decoder, features.to(self.device), self.vocab, decoding)
+        """Captions from features. `decoding` (default: the model's) with `beam`/`max_len` changed."""
+        return [d.caption for d in self.describe_features(features, beam, max_len, decoding=decoding)]
 
-    def caption(self, images: Sequence[ImageInput] | torch.Tensor, beam: int | None = None,
+    def describe(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
+                 max_len: int | None = None, *, decoding: DecodingConfig | None = None,
+                 with_attention: bool = False) -> list[Description]:
+        """`describe_features` of images (see `caption` for what images may be)."""
+        if not isinstance(images, torch.Tensor):
+            images = image_list(images)
+            if not images:
+                return []
+        return self.describe_features(self.encode(images), beam, max_len, decoding=decoding,
+                                      with_attention=with_attention)
+
+    def caption(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
                 max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[str]:
         """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
         HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
         image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
         beam=1 is greedy search; None uses the model's default."""
-        if not isinstance(images, torch.Tensor):
-            images = image_list(images)
-            if not images:
-                return []
-        return self.caption_features(self.encode(images), beam, max_len, decoding=decoding)
+        return [d.caption for d in self.describe(images, beam, max_len, decoding=decoding)]
 
-    @torch.inference_mode()
-    def explain(self, images: Sequence[ImageInput] | torch.Tensor, beam: int | None = None,
-                max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[Caption]:
-        """Captions with where each word looked: `Caption.attention[i]` is word i's map over the
+    def explain(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
+                max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[Description]:
+        """Captions with where each word looked: `Description.attention[i]` is word i's map over the
         g x g grid (row-major, summing to 1). Only attention decoders can say this."""
-        if not self.has_attention:
-            raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot show "
-                              f"where words come from; use an attention model, e.g. --model sat")
-        if not isinstance(images, torch.Tensor):
-            images = image_list(images)
-            if not images:
-                return []
-        decoding = self.resolve_decoding(decoding, beam=beam, max_len=max_len)
-        return generate(self.decoder, self.encode(images), self.vocab, decoding, with_attention=True)
+        return self.describe(images, beam, max_len, decoding=decoding, with_attention=True)
+
+
+@dataclass
+class Description:
+    """What artcap says about one image."""
+
+    caption: str
+    words: list[str]
+    attention: np.ndarray | None = None  # [len(words), g*g]: where each word looked (attention models only)
+
+    def attention_maps(self, grid_size: int) -> list[list[list[float]]] | None:
+        """Each word's map as a grid_size x grid_size nested list (JSON-ready), rows summing with the rest to 1."""
+        if self.attention is None:
+            return None
+        return self.attention.reshape(len(self.words), grid_size, grid_size).round(5).tolist()
 
 
 def image_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

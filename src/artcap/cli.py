@@ -36,12 +36,27 @@ def add_caption_parser(sub) -> None:
     p.add_argument("inputs", nargs="+", help="image files and/or folders")
     p.add_argument("--out", "-o", type=Path, default=None, metavar="FILE",
                    help="write one record per image to FILE (.jsonl or .csv), resuming what FILE already holds")
-    p.add_argument("--model", default=None, help="model folder or run folder (default: the shipped model)")
+    p.add_argument("--model", default=None,
+                   help="a shipped model's name (artcap models), a model or run folder, or hf:OWNER/NAME[@REVISION] "
+                        "(default: the default shipped model)")
     p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy, as in the paper (default: model's)")
     p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text",
                    help="stdout format without --out (with --out the file's suffix decides)")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
+    p.add_argument("--explain", type=Path, default=None, metavar="DIR",
+                   help="write one picture per image into DIR: the caption's words with where each looked "
+                        "(attention models, e.g. --model sat)")
+    p.add_argument("--xmp", action="store_true",
+                   help="write each caption into an XMP sidecar beside its image (IMAGE.EXT.xmp), updating one that "
+                        "is there")
+    p.add_argument("--xmp-dir", type=Path, default=None, metavar="DIR",
+                   help="write the XMP sidecars into a mirror tree under DIR instead (read-only collections)")
+    p.add_argument("--embed", action="store_true",
+                   help="write the caption into the image files themselves with exiftool (keeps NAME_original)")
+    p.add_argument("--embed-no-backup", action="store_true", help="with --embed: keep no NAME_original backups")
+    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
+                   help="what runs the image network: auto = ONNX Runtime on a CPU when it is installed, else torch")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per model call (default: {DEFAULT_BATCH_SIZE}, fastest on a 2-core CPU)")
     p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
@@ -52,60 +67,138 @@ def add_caption_parser(sub) -> None:
 
 def run_caption(args) -> int:
     from .captioner import Captioner
-    from .collection import caption_collection, caption_paths
-    from .images import find_images
+    from .collection import caption_collection
 
-    def report_failures(failed: list[tuple[str, str]], total: int) -> None:
-        log.error("%d of %d input(s) could not be captioned:", len(failed), total)
-        for _, message in failed:
-            log.error("  %s", message)
+    _check_caption_args(args)
+    metadata = _metadata_writer(args)
+    captioner = Captioner.load(args.model, backend=args.backend)
+    if args.explain is not None and not captioner.has_attention:
+        raise ArtcapError(f"--explain: model {captioner.model_id} ({captioner.decoder.kind} decoder) has no attention "
+                          f"to show; use an attention model, e.g. --model sat")
+    if args.out is None:
+        return _caption_to_stdout(args, captioner, metadata)
+    summary = caption_collection(captioner, args.inputs, args.out, recursive=args.recursive,
+                                 batch_size=args.batch_size, num_workers=args.num_workers, beam=args.beam,
+                                 max_len=args.max_len, metadata=metadata, progress=not args.quiet)
+    log.info("%s: %d images (%d captioned now at %.1f images/s, %d retried, %d already there)", summary.out,
+             summary.total, summary.captioned, summary.images_per_second, summary.retried, summary.skipped)
+    return _report_failures(summary.errors, summary.total + summary.unusable_inputs)
 
+
+def _check_caption_args(args) -> None:
     for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size)]:
         if value is not None and value < 1:
             raise ArtcapError(f"{flag} must be 1 or more, got {value}")
     if args.num_workers < 0:
         raise ArtcapError(f"--num-workers must be 0 or more, got {args.num_workers}")
+    if args.embed_no_backup and not args.embed:
+        raise ArtcapError("--embed-no-backup needs --embed")
+    if args.explain is not None and args.out is not None:
+        raise ArtcapError("--explain writes pictures for the images you name; use it without --out")
 
-    if args.out is not None:
-        captioner = Captioner.load(args.model)
-        summary = caption_collection(captioner, args.inputs, args.out, recursive=args.recursive,
-                                     batch_size=args.batch_size, num_workers=args.num_workers, beam=args.beam,
-                                     max_len=args.max_len, progress=not args.quiet)
-        log.info("%s: %d images (%d captioned now at %.1f images/s, %d already there)", summary.out, summary.total,
-                 summary.captioned, summary.images_per_second, summary.skipped)
-        if summary.errors:
-            report_failures(summary.errors, summary.total + summary.unusable_inputs)
-            return 1
+
+def _metadata_writer(args):
+    from .xmp import MetadataWriter, mirror_root
+
+    return MetadataWriter(sidecars=args.xmp or args.xmp_dir is not None, xmp_dir=args.xmp_dir,
+                          root=mirror_root(args.inputs), embed=args.embed, backup=not args.embed_no_backup)
+
+
+def _report_failures(failed: list[tuple[str, str]], total: int) -> int:
+    if not failed:
         return 0
+    log.error("%d of %d input(s) could not be captioned:", len(failed), total)
+    for _, message in failed:
+        log.error("  %s", message)
+    return 1
+
+
+def _caption_to_stdout(args, captioner, metadata) -> int:
+    """Caption the inputs to stdout as text, CSV or JSON (with attention maps for attention models),
+    writing --explain pictures and metadata on the way."""
+    from .collection import caption_paths
+    from .images import find_images
 
     paths, errors = find_images(args.inputs, recursive=args.recursive)
     failed = [(str(e.source), str(e)) for e in errors]
-    captioner = Captioner.load(args.model)
-    out = sys.stdout
-    writer = csv.writer(out) if args.format == "csv" else None
-    if writer:
-        writer.writerow(["path", "caption", "error"])
-        for source, message in failed:  # inputs that yielded no image
-            writer.writerow([source, "", message])
-    records = [{"path": p, "caption": None, "error": e} for p, e in failed]
-    for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
-                                beam=args.beam, max_len=args.max_len):
-        if result.error:
-            failed.append((str(result.path), result.error))
-        if args.format == "text":
-            if result.caption is not None:
-                print(f"{result.path}\t{result.caption}", file=out, flush=True)
-        elif writer:
-            writer.writerow([result.path, result.caption or "", result.error or ""])
-            out.flush()
+    printer = _RecordPrinter(args.format, captioner)
+    for source, message in failed:  # inputs that yielded no image
+        printer.add({"path": source, "caption": None, "error": message})
+    with_attention = captioner.has_attention and (args.explain is not None or args.format == "json")
+    decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len)
+    with metadata:
+        for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
+                                    decoding=decoding, with_attention=with_attention):
+            error = result.error
+            if error is None and metadata.enabled:
+                error = metadata.write(result.path, result.caption, captioner.source, decoding.to_dict())
+            if error is None and args.explain is not None:
+                _save_explanation(args.explain, result, captioner.feature_spec.grid_size)
+            if error:
+                failed.append((str(result.path), error))
+            printer.add(_stdout_record(result, error, captioner.feature_spec.grid_size))
+    printer.close()
+    return _report_failures(failed, len(paths) + len(errors))
+
+
+def _stdout_record(result, error: str | None, grid_size: int) -> dict:
+    record = {"path": str(result.path), "caption": result.caption, "error": error}
+    description = result.description
+    if description is not None and description.attention is not None:
+        record["words"] = [{"word": w, "attention": m}
+                           for w, m in zip(description.words, description.attention_maps(grid_size))]
+    return record
+
+
+def _save_explanation(folder: Path, result, grid_size: int) -> None:
+    from .explain import save_attention_figure
+    from .images import load_image
+
+    image = load_image(result.path)
+    save_attention_figure(image, result.description, grid_size, folder / f"{result.path.name}.png")
+
+
+class _RecordPrinter:
+    """Writes caption records to stdout as they come: `path<TAB>caption` lines, CSV rows, or one JSON document."""
+
+    def __init__(self, fmt: str, captioner) -> None:
+        self.format, self.captioner, self.records = fmt, captioner, []
+        self.csv = csv.writer(sys.stdout) if fmt == "csv" else None
+        if self.csv:
+            self.csv.writerow(["path", "caption", "error"])
+
+    def add(self, record: dict) -> None:
+        if self.format == "text":
+            if record["caption"] is not None:
+                print(f"{record['path']}\t{record['caption']}", flush=True)
+        elif self.csv:
+            self.csv.writerow([record["path"], record["caption"] or "", record["error"] or ""])
+            sys.stdout.flush()
         else:
-            records.append({"path": str(result.path), "caption": result.caption, "error": result.error})
-    if args.format == "json":
-        json.dump({"model": captioner.model_id, "captions": records}, out, indent=2)
-        out.write("\n")
-    if failed:
-        report_failures(failed, len(paths) + len(errors))
-        return 1
+            self.records.append(record)
+
+    def close(self) -> None:
+        if self.format == "json":
+            json.dump({"model": self.captioner.model_id, "captions": self.records}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+
+
+# ---- models -------------------------------------------------------------------------------------
+
+def add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list the models shipped inside artcap",
+                       description="One line per shipped model: its name (for --model), decoder, test scores.")
+    p.set_defaults(func=run_models)
+
+
+def run_models(args) -> int:
+    from .captioner import DEFAULT_MODEL_DIR, shipped_models
+
+    for name, path in shipped_models().items():
+        config = json.loads((path / "config.json").read_text())
+        summary = config.get("summary") or f"{config['decoder'].get('kind', 'merge')} decoder"
+        default = " (default)" if path == DEFAULT_MODEL_DIR else ""
+        print(f"{name}{default}\t{summary}")
     return 0
 
 
@@ -243,9 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _subcommands():
     from .evaluate import add_evaluate_parser
     from .experiment import add_experiment_parser
+    from .hub import add_push_parser
 
-    return [add_caption_parser, add_features_parser, add_train_parser, add_evaluate_parser, add_experiment_parser,
-            add_serve_parser]
+    return [add_caption_parser, add_models_parser, add_features_parser, add_train_parser, add_evaluate_parser,
+            add_experiment_parser, add_serve_parser, add_push_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

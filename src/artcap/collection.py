@@ -40,11 +40,12 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from .captioner import Captioner
+from .captioner import Captioner, Description
 from .decode import DecodingConfig
 from .errors import ArtcapError
 from .features import decoded_batches
 from .io import atomic_path, atomic_write_json
+from .xmp import MetadataWriter
 
 # Chosen by measurement (benchmarks/bench_caption.py): small batches keep the CNN's activations in
 # cache. A decoding process overlaps decoding with inference, which pays once there are cores to
@@ -65,16 +66,20 @@ except ImportError:  # pragma: no cover - Windows
 @dataclass
 class CaptionResult:
     path: Path
-    caption: str | None  # None when the image could not be read
+    description: Description | None  # None when the image could not be read
     error: str | None = None
+
+    @property
+    def caption(self) -> str | None:
+        return self.description.caption if self.description else None
 
 
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
                   beam: int | None = None, max_len: int | None = None,
-                  decoding: DecodingConfig | None = None) -> Iterator[CaptionResult]:
+                  decoding: DecodingConfig | None = None, with_attention: bool = False) -> Iterator[CaptionResult]:
     """Yield one result per path, in the order of `paths`, captioned with `decoding` (default: the
-    model's) with `beam`/`max_len` changed.
+    model's) with `beam`/`max_len` changed; `with_attention`: with each word's attention map.
 
     The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
     CPU); their features are pooled until `decode_batch_size` images are waiting, then captioned
@@ -94,7 +99,8 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
 
     def flush() -> Iterator[CaptionResult]:
         features = [f for _, f in pending if isinstance(f, torch.Tensor)]
-        captions = iter(captioner.caption_features(torch.stack(features), decoding=decoding) if features else [])
+        captions = iter(captioner.describe_features(torch.stack(features), decoding=decoding,
+                                                    with_attention=with_attention) if features else [])
         for i, item in pending:
             yield CaptionResult(paths[i], None, item) if isinstance(item, str) else CaptionResult(paths[i], next(captions))
         pending.clear()
@@ -124,8 +130,9 @@ class JobIdentity:
     resuming it with any other identity is refused (a file mixing two would be a silent lie). It is
     compared as a whole through `to_dict`, so a new setting is one more field here."""
 
-    model: str = ""  # the model's id
+    model: str = ""  # the model's id, or hf:OWNER/NAME@COMMIT for a Hub model
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    metadata: str = ""  # what is written beside the records: XMP sidecars, embedded fields (xmp.MetadataWriter)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat {setting: value}; a nested config (DecodingConfig) contributes each of its settings."""
@@ -496,28 +503,31 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
                        decoding: DecodingConfig | None = None, recursive: bool = False,
                        batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = DEFAULT_NUM_WORKERS,
                        beam: int | None = None, max_len: int | None = None,
-                       progress: bool = True) -> CollectionSummary:
+                       metadata: MetadataWriter | None = None, progress: bool = True) -> CollectionSummary:
     """Caption every image under `inputs` into the record file `out`, resuming what is there.
 
     `decoding` (default: the model's) with `beam`/`max_len` changed decodes every caption. Images
     with a good record are skipped, images with an error record are tried again. Inputs that yield
     no image (missing path, empty folder) are listed in the summary's errors but not written to the
     file; unreadable images are written as error records. Raises ArtcapError when `out` is not an
-    artcap record file or holds another job (model or decoding).
+    artcap record file or holds another job (model or decoding). `metadata` also writes each caption
+    into XMP sidecars or the image files; a failure there is the image's error record (retried next run).
     """
     from .images import find_images
 
     out = Path(out)
     record_format(out)  # a bad suffix fails before any work
-    identity = JobIdentity(captioner.model_id, captioner.resolve_decoding(decoding, beam=beam, max_len=max_len))
+    writer = metadata or MetadataWriter()
+    identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, beam=beam, max_len=max_len),
+                           writer.describe())
     paths, input_errors = find_images(inputs, recursive=recursive)
-    with RecordFile(out, identity) as records:
+    with writer, RecordFile(out, identity) as records:  # the writer first: no exiftool fails before any file is touched
         old = records.latest()
         todo = [(p, k) for p, k in ((p, record_key(p, inputs)) for p in paths)
                 if k not in old or old[k].get("error")]
         summary = CollectionSummary(out, total=len(paths), skipped=len(paths) - len(todo), captioned=0,
                                     retried=sum(k in old for _, k in todo), unusable_inputs=len(input_errors))
-        _caption_into(records, captioner, todo, summary, batch_size=batch_size, num_workers=num_workers,
+        _caption_into(records, captioner, todo, summary, writer, batch_size=batch_size, num_workers=num_workers,
                       progress=progress)
         records.finish()
     summary.errors = [(str(e.source), str(e)) for e in input_errors]
@@ -526,7 +536,8 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
 
 
 def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Path, str]],
-                  summary: CollectionSummary, *, batch_size: int, num_workers: int, progress: bool) -> None:
+                  summary: CollectionSummary, writer: MetadataWriter, *, batch_size: int, num_workers: int,
+                  progress: bool) -> None:
     """Caption the (path, key) pairs of `todo` in order, appending one record each."""
     from tqdm import tqdm
 
@@ -537,8 +548,11 @@ def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Pa
     try:
         for result in caption_paths(captioner, [p for p, _ in todo], batch_size=batch_size,
                                     num_workers=num_workers, decoding=records.identity.decoding):
+            error = result.error
+            if error is None and writer.enabled:
+                error = writer.write(result.path, result.caption, captioner.source, records.identity.decoding.to_dict())
             records.append({"path": key_of[result.path], "caption": result.caption, **records.job,
-                            "time": _now(), "error": result.error})
+                            "time": _now(), "error": error})
             summary.captioned += 1
             bar.update(1)
     finally:

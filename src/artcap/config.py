@@ -61,6 +61,7 @@ class TrainConfig:
     beam: int = 1
     length_alpha: float = 0.7
     no_repeat_ngram: int = 0
+    max_word_repeats: int = 0  # 0 = off; 2 = no content word more than twice in a caption
     max_len: int = 0  # 0 = the longest kept caption
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ class TrainConfig:
         from .decode import DecodingConfig
 
         return DecodingConfig(beam=self.beam, max_len=self.max_len or max_len, length_alpha=self.length_alpha,
-                              no_repeat_ngram=self.no_repeat_ngram)
+                              no_repeat_ngram=self.no_repeat_ngram, max_word_repeats=self.max_word_repeats)
 
     def to_toml(self) -> str:
         lines = []
@@ -103,7 +104,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("feature_batch_size", lambda v: 1 <= v <= 4096, "from 1 to 4096"),
     ("num_workers", lambda v: 0 <= v <= 64, "from 0 to 64"),
     ("grid_size", lambda v: 1 <= v <= 32, "from 1 to 32"),
-    ("decoder", lambda v: bool(re.fullmatch(r"[a-z][a-z0-9_]*", v)), "a decoder kind, e.g. merge or sat"),
+    ("decoder", lambda v: v in _decoder_kinds(), "a registered decoder kind: merge or sat"),
     ("embed_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
     ("hidden_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
     ("dropout", _finite(0.0, 0.95), "from 0 to 0.95"),
@@ -124,8 +125,15 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("beam", lambda v: 1 <= v <= 20, "from 1 to 20"),
     ("length_alpha", _finite(0.0, 5.0), "from 0 to 5"),
     ("no_repeat_ngram", lambda v: v == 0 or 2 <= v <= 10, "0 (off) or from 2 to 10"),
+    ("max_word_repeats", lambda v: 0 <= v <= 10, "0 (off) or from 1 to 10"),
     ("max_len", lambda v: 0 <= v <= 200, "0 (the data's) or from 1 to 200"),
 ]
+
+
+def _decoder_kinds() -> list[str]:
+    from .model import decoder_kinds
+
+    return decoder_kinds()
 
 
 def _escape(s: str) -> str:

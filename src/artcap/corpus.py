@@ -47,11 +47,9 @@ class CaptionTable:
 
 def feature_spec(config: TrainConfig) -> FeatureSpec:
     """The features a decoder kind reads: pooled vectors, or a grid for attention."""
-    from .model import _DECODERS  # FIXME(wiring): use model.decoder_feature_kind once it exists
+    from .model import decoder_feature_kind
 
-    if config.decoder not in _DECODERS:
-        raise ArtcapError(f"config key decoder = {config.decoder!r}: unknown; choose one of {', '.join(sorted(_DECODERS))}")
-    return FeatureSpec(_DECODERS[config.decoder].feature_kind, config.grid_size)
+    return FeatureSpec(decoder_feature_kind(config.decoder), config.grid_size)
 
 
 def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",

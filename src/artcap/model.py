@@ -129,6 +129,13 @@ def decoder_kinds() -> list[str]:
     return sorted(_DECODERS)
 
 
+def decoder_feature_kind(kind: str) -> str:
+    """Which features a decoder kind reads ("pooled" or "grid"), before building one."""
+    if kind not in _DECODERS:
+        raise ArtcapError(f"unknown decoder kind {kind!r}; choose one of {', '.join(decoder_kinds())}")
+    return _DECODERS[kind].feature_kind
+
+
 def create_decoder(config: DecoderConfig) -> nn.Module:
     """The decoder that `config.kind` names, with fresh weights."""
     return _DECODERS[config.kind](config)
