@@ -1,18 +1,26 @@
 """Captioning speed: a folder through the collection pipeline vs one `Captioner.caption([path])` call
 at a time, plus the latency of one image and a sweep that chose the CLI's defaults.
 
-    python benchmarks/bench_caption.py [--model PATH] [--images 100] [--sweep] [--folder DIR]
+    python benchmarks/bench_caption.py [--model PATH] [--images 100] [--sweep] [--folder DIR] [--backend auto]
+    python benchmarks/bench_caption.py --compare-backends [--rounds 2] [--agreement 240] [--int8]
 
 Prints: the latency of captioning one image, the throughput of a folder of --images real
 paintings (default 100, from ../shared/data/artemis-mini) with the default batch size and
 workers, next to the one-at-a-time baseline, and the end-to-end `caption_collection` run that
 `artcap caption DIR --out FILE` does (record file included). With --sweep: images/s for every
 batch size x decoding workers x torch threads, and the encoder alone per batch size.
+
+With --compare-backends (issue 11) it prints only the image network's backends side by side: a folder
+job (model's decoding) with torch then ONNX Runtime, interleaved --rounds times (the machine may be
+shared: compare the ratio, the load average is printed), the ONNX folder job per CNN batch size, the
+share of identical captions over the model's test paintings, and with --int8 ORT static int8
+quantisation (calibrated on 100 training paintings): speed, identical captions and grounding.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -22,9 +30,11 @@ import torch
 
 from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
 from artcap.collection import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, caption_collection, caption_paths
+from artcap.onnx_backend import BACKENDS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "artemis-mini" / "wikiart"
 TARGET = 40.0  # images/s, issue 4
+ONNX_SPEEDUP, ONNX_TARGET = 1.5, 80.0  # issue 11: x torch, and images/s at the model's decoding on 2 cores
 
 
 def one_at_a_time(captioner: Captioner, paths: list[Path], beam: int | None = None) -> float:
@@ -59,6 +69,119 @@ def encoder_only(captioner: Captioner, batch_size: int, n: int) -> float:
             captioner.encoder(batch)
     return max(1, n // batch_size) * batch_size / (time.perf_counter() - start)
 
+# ---- issue 11: the image network's backends side by side ------------------------------------------
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"
+
+
+def compare_backends(model: str | None, paths: list[Path], rounds: int, batch_size: int, workers: int) -> None:
+    """A folder job at the model's decoding, torch then onnx, `rounds` times; each onnx figure beside torch's."""
+    torch_captioner, onnx_captioner = Captioner.load(model, backend="torch"), Captioner.load(model, backend="onnx")
+    if onnx_captioner.runner.name != "onnx":
+        raise SystemExit("the onnx backend fell back to torch (see the warning above)")
+    for c in (torch_captioner, onnx_captioner):
+        c.caption(paths[:2])  # warm-up
+    print(f"folder of {len(paths)} through caption_paths (batch {batch_size}, {workers} worker(s), model's decoding "
+          f"{onnx_captioner.decoding.to_dict()}); {load_average()}")
+    ratios, rates = [], []
+    for n in range(rounds):
+        base = pipeline(torch_captioner, paths, batch_size, workers)
+        fast = pipeline(onnx_captioner, paths, batch_size, workers)
+        ratios.append(fast / base)
+        rates.append(fast)
+        print(f"  round {n + 1}: onnx {fast:6.1f} images/s beside torch {base:6.1f} images/s = {fast / base:.2f}x "
+              f"({load_average()})")
+    ratio, best = statistics.median(ratios), max(rates)
+    print(f"onnx / torch, median of {rounds} rounds: {ratio:.2f}x (target {ONNX_SPEEDUP}x: "
+          f"{'met' if ratio >= ONNX_SPEEDUP else 'NOT met'}); onnx best {best:.1f} images/s (target {ONNX_TARGET:.0f}: "
+          f"{'met' if best >= ONNX_TARGET else 'NOT met'})")
+
+
+def onnx_batch_sweep(model: str | None, paths: list[Path], workers: int, rounds: int) -> None:
+    """The onnx folder job per CNN batch size (best of `rounds`), each beside torch at the same batch size."""
+    torch_captioner, onnx_captioner = Captioner.load(model, backend="torch"), Captioner.load(model, backend="onnx")
+    print(f"\nfolder job images/s by CNN batch size, model's decoding, {workers} worker(s) (best of {rounds}); "
+          f"{load_average()}")
+    for batch_size in (1, 2, 4, 8):
+        fast = max(pipeline(onnx_captioner, paths, batch_size, workers) for _ in range(rounds))
+        base = max(pipeline(torch_captioner, paths, batch_size, workers) for _ in range(rounds))
+        print(f"  batch {batch_size}: onnx {fast:6.1f} beside torch {base:6.1f} = {fast / base:.2f}x")
+
+
+def test_paintings(model: str | None, folder: Path, limit: int) -> list[Path]:
+    """The model's test split (splits.json), as image paths under `folder`."""
+    import json
+
+    model_dir = Path(model) if model else DEFAULT_MODEL_DIR
+    ids = json.loads((model_dir / "splits.json").read_text())["test"][:limit]
+    return [folder / f"{i}.jpg" for i in ids]
+
+
+def share_identical(a: list[str], b: list[str]) -> float:
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def caption_all(captioner: Captioner, paths: list[Path]) -> list[str]:
+    return [r.caption for r in caption_paths(captioner, paths)]
+
+
+def agreement(model: str | None, folder: Path, limit: int) -> None:
+    paths = test_paintings(model, folder, limit)
+    reference = caption_all(Captioner.load(model, backend="torch"), paths)
+    onnx = caption_all(Captioner.load(model, backend="onnx"), paths)
+    print(f"\nidentical captions, onnx vs torch, model's decoding, {len(paths)} test paintings: "
+          f"{share_identical(reference, onnx):.1%}")
+
+
+def int8_evaluation(model: str | None, folder: Path, csv_path: Path, paths: list[Path], limit: int,
+                    rounds: int) -> None:
+    """ORT static int8 quantisation (QDQ, per-channel weights) calibrated on 100 training paintings."""
+    import json
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from artcap.data import read_annotations, references
+    from artcap.metrics import grounding
+    from artcap.onnx_backend import OnnxRunner, _open_session
+
+    torch_captioner, onnx_captioner = Captioner.load(model, backend="torch"), Captioner.load(model, backend="onnx")
+    model_dir = Path(model) if model else DEFAULT_MODEL_DIR
+    train = [folder / f"{i}.jpg" for i in json.loads((model_dir / "splits.json").read_text())["train"][::20][:100]]
+
+    class Paintings(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([torch_captioner.preprocess(train[i:i + 4]).numpy() for i in range(0, len(train), 4)])
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantised = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        quant_pre_process(str(onnx_captioner.runner.path), str(prepared))
+        quantize_static(str(prepared), str(quantised), Paintings(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        int8 = Captioner(torch_captioner.encoder, torch_captioner.decoder, torch_captioner.vocab,
+                         torch_captioner.config, torch_captioner.device, OnnxRunner(_open_session(quantised), quantised))
+        int8.caption(paths[:2])
+        print(f"\nint8 (ORT static, QDQ, per-channel, calibrated on {len(train)} training paintings); {load_average()}")
+        for n in range(rounds):
+            base = pipeline(onnx_captioner, paths, DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS)
+            fast = pipeline(int8, paths, DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS)
+            print(f"  round {n + 1}: int8 {fast:6.1f} images/s beside onnx fp32 {base:6.1f} = {fast / base:.2f}x")
+        tests = test_paintings(model, folder, limit)
+        ids = [f"{p.parent.name}/{p.stem}" for p in tests]
+        captions = {name: caption_all(c, tests) for name, c in
+                    (("torch", torch_captioner), ("onnx", onnx_captioner), ("int8", int8))}
+    refs = references(read_annotations(csv_path, folder), torch_captioner.config.get("preset", "artemis"), ids)
+    for name, caps in captions.items():
+        print(f"  {name:5}: identical to torch {share_identical(captions['torch'], caps):6.1%}, grounding "
+              f"{grounding(dict(zip(ids, caps)), refs):.3f} over {len(ids)} test paintings")
+
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,6 +193,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=None,
                         help="torch threads: the first for the main figures, all of them in the sweep "
                              "(default: torch's, and 1 in the sweep)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="image network backend (default: auto)")
+    parser.add_argument("--compare-backends", action="store_true",
+                        help="only compare the backends: torch vs onnx folder jobs, batch sizes, identical captions")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved torch/onnx rounds (default 2)")
+    parser.add_argument("--agreement", type=int, default=240, help="test paintings for the identical-caption share")
+    parser.add_argument("--int8", action="store_true", help="also evaluate ORT static int8 quantisation")
+    parser.add_argument("--data", type=Path, default=DATA.parent / "artemis_mini.csv",
+                        help="ArtEmis CSV for the int8 grounding references")
     args = parser.parse_args()
 
     if args.threads:
@@ -79,11 +210,20 @@ def main() -> None:
     paths = sorted(p for p in args.folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})[: args.images]
     if not paths:
         raise SystemExit(f"no images under {args.folder}")
+    if args.compare_backends:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(paths)} images from {args.folder}")
+        compare_backends(args.model, paths, args.rounds, DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS)
+        onnx_batch_sweep(args.model, paths, DEFAULT_NUM_WORKERS, args.rounds)
+        agreement(args.model, args.folder, args.agreement)
+        if args.int8:
+            int8_evaluation(args.model, args.folder, args.data, paths, args.agreement, args.rounds)
+        return
     start = time.perf_counter()
-    captioner = Captioner.load(args.model)
+    captioner = Captioner.load(args.model, backend=args.backend)
     load_s = time.perf_counter() - start
     enc = captioner.encoder
-    print(f"model {captioner.model_id} ({enc.name}, {enc.image_size} px), loaded in {load_s:.2f} s; "
+    print(f"model {captioner.model_id} ({enc.name}, {enc.image_size} px, {captioner.runner.name} backend), "
+          f"loaded in {load_s:.2f} s; "
           f"{len(paths)} images from {args.folder}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{torch.get_num_interop_threads()} interop")
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")  # the exporter needs it
 
 from artcap.captioner import Captioner  # noqa: E402
 from artcap.errors import ArtcapError  # noqa: E402
@@ -166,9 +167,9 @@ def test_killed_export_leaves_no_partial_file(model_dir, tmp_path, monkeypatch):
     assert len(list(folder.glob("*.onnx"))) == 1
 
 
-def run_without_onnxruntime(model_dir: Path, backend: str, cache: Path) -> subprocess.CompletedProcess:
+def run_without(package: str, model_dir: Path, backend: str, cache: Path) -> subprocess.CompletedProcess:
     code = (
-        "import sys; sys.modules['onnxruntime'] = None\n"
+        f"import sys; sys.modules[{package!r}] = None\n"
         "from artcap.captioner import Captioner\nfrom artcap.errors import ArtcapError\n"
         f"try:\n    print(Captioner.load({str(model_dir)!r}, backend={backend!r}).runner.name)\n"
         "except ArtcapError as e:\n    print(e); sys.exit(2)\n"
@@ -177,12 +178,13 @@ def run_without_onnxruntime(model_dir: Path, backend: str, cache: Path) -> subpr
                           env={**os.environ, "ARTCAP_CACHE": str(cache)})
 
 
-def test_onnx_without_onnxruntime_is_one_line(model_dir, tmp_path):
-    result = run_without_onnxruntime(model_dir, "onnx", tmp_path)
+@pytest.mark.parametrize("package", ["onnxruntime", "onnx"])  # onnx: the exporter needs it
+def test_onnx_without_its_packages_is_one_line(package, model_dir, tmp_path):
+    result = run_without(package, model_dir, "onnx", tmp_path)
     assert result.returncode == 2, result.stderr
     assert result.stdout.count("\n") == 1
-    assert "needs onnxruntime" in result.stdout and "pip install onnxruntime" in result.stdout
-    auto = run_without_onnxruntime(model_dir, "auto", tmp_path)
+    assert f"needs {package}," in result.stdout and f"pip install {package} " in result.stdout
+    auto = run_without(package, model_dir, "auto", tmp_path)
     assert (auto.returncode, auto.stdout, auto.stderr) == (0, "torch\n", "")
     assert not (tmp_path / "onnx").exists()
 

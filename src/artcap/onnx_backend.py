@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -87,15 +88,17 @@ def create_runner(encoder: Encoder, backend: str = "auto", device: str | torch.d
         return torch_runner
     if device.type != "cpu":
         raise ArtcapError(f"the onnx backend runs on the CPU only; use backend 'torch' on {device}")
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
+    missing = [name for name in ("onnxruntime", "onnx") if not _importable(name)]  # onnx: the exporter's
+    if missing:
         if backend == "onnx":
-            raise ArtcapError("backend 'onnx' needs onnxruntime, which is not installed: pip install onnxruntime "
-                              "(or choose backend 'torch')") from None
+            raise ArtcapError(f"backend 'onnx' needs {' and '.join(missing)}, which is not installed: pip install "
+                              f"{' '.join(missing)} (or choose backend 'torch')")
         return torch_runner
     try:
-        return load_onnx_runner(encoder, Path(cache_dir) if cache_dir else onnx_cache_dir())
+        try:
+            return load_onnx_runner(encoder, Path(cache_dir) if cache_dir else onnx_cache_dir())
+        except ImportError as e:  # installed but broken (e.g. a binary built for another CPU)
+            raise ArtcapError(f"onnxruntime or onnx cannot be imported ({e})") from None
     except ExportMismatch as e:
         log.warning("%s; using torch", e)
         return torch_runner
@@ -104,6 +107,13 @@ def create_runner(encoder: Encoder, backend: str = "auto", device: str | torch.d
             raise
         log.warning("%s; using torch", e)
         return torch_runner
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ValueError:  # sys.modules[name] is None: imports of it are blocked
+        return False
 
 
 def onnx_cache_dir() -> Path:
