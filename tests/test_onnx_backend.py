@@ -199,3 +199,17 @@ def test_feature_cache_extracts_with_onnx(cache, model_dir, torch_captioner, pai
         assert features.extract(paintings, batch_size=4, num_workers=0, progress=False) == {}
     np.testing.assert_allclose(by_onnx.view(paintings)[np.arange(8)], by_torch.view(paintings)[np.arange(8)],
                                rtol=0, atol=1e-4)
+
+
+def test_two_processes_export_once(model_dir, tmp_path):
+    """Two loads at once on an empty cache: one exports while the other waits on the lock, then reuses it."""
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+            "from artcap.captioner import Captioner\n"
+            f"print(Captioner.load({str(model_dir)!r}, backend='onnx').runner.name)\n")
+    env = {**os.environ, "ARTCAP_CACHE": str(tmp_path)}
+    processes = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in processes]
+    assert [out for out, _ in results] == ["onnx\n", "onnx\n"], [err for _, err in results]
+    assert sum(err.count("exporting efficientnet-lite0") for _, err in results) == 1
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1

@@ -197,6 +197,9 @@ def _open_session(path: Path):
     options.inter_op_num_threads = 1  # one chain of operators: parallelism is inside them
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle threads sleep instead of spinning: measured on 2 shared cores (load ~10), 9 instead of 17 CPU-ms per
+    # image and 4x the images/s; spinning only steals the cores the decoder and other jobs need next.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: its warnings are not the user's business
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
