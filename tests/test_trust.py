@@ -119,7 +119,7 @@ def test_ten_paintings_train_without_nan_and_say_val_is_empty(shared_data, featu
                          epochs=2)
     with caplog.at_level("WARNING", logger="artcap"):
         run = train(config, progress=False)
-    assert "no validation painting" in caplog.text and "10 paintings split into" in caplog.text
+    assert "no validation painting" in caplog.text and "10 paintings split 85/5/10 into 8/0/2" in caplog.text
     history = strict_json(run / "history.json")
     assert [h["val_loss"] for h in history] == [None, None]
     assert strict_json(run / "model" / "config.json")["training"]["best_val_loss"] is None

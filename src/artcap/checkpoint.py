@@ -7,16 +7,17 @@ Training checkpoints are torch files read with `weights_only=True`: no code runs
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from . import __version__
 from .errors import ArtcapError
-from .io import atomic_path, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, save_tensors
 from .model import DecoderConfig, create_decoder
 from .text import Vocabulary
 
@@ -30,11 +31,9 @@ def save_model_dir(path: str | Path, decoder: torch.nn.Module, vocab: Vocabulary
     """`config` holds encoder/preset/max_len/decoding; the decoder's own sizes are added here."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path / "model.safetensors") as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in decoder.state_dict().items()}, str(tmp))
+    save_tensors(path / "model.safetensors", decoder.state_dict())
     if encoder_state is not None:
-        with atomic_path(path / "encoder.safetensors") as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in encoder_state.items()}, str(tmp))
+        save_tensors(path / "encoder.safetensors", encoder_state)
     vocab.save(path / "vocab.json")
     full = {"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "artcap_version": __version__,
             **config, "decoder": decoder.config.to_dict()}
@@ -116,8 +115,9 @@ def read_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"checkpoint_version": CHECKPOINT_VERSION, "artcap_version": __version__, **state}, tmp)
+    buffer = io.BytesIO()
+    torch.save({"checkpoint_version": CHECKPOINT_VERSION, "artcap_version": __version__, **state}, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -236,9 +236,7 @@ class FeatureCache:
             return
         number = len(self._index["shards"])
         name = f"shard-{number:05d}-{os.getpid()}.npy"
-        with atomic_path(self.dir / name) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, rows[done])
+        _save_npy(self.dir / name, rows[done])
         row = 0
         for path, ok in zip(chunk, done):
             if ok:
@@ -266,6 +264,15 @@ class FeatureCache:
 def cache_root() -> Path:
     """$ARTCAP_CACHE, else ~/.cache/artcap: features/ and onnx/ (the exported image network) live there."""
     return Path(os.environ.get("ARTCAP_CACHE", Path.home() / ".cache" / "artcap"))
+
+
+def _save_npy(path: Path, array: np.ndarray, block_rows: int = 256) -> None:
+    """np.save, written block by block through Python's file object: a full disk is then an OSError
+    that io.atomic_path reports as one line (numpy's own tofile reports a short write without errno)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        for start in range(0, len(array), block_rows):
+            f.write(np.ascontiguousarray(array[start : start + block_rows]).tobytes())
 
 
 def default_cache_dir() -> Path:

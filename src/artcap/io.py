@@ -71,6 +71,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> None:
+    """Written by Python's own file object, so a full disk is an OSError (ENOSPC/EFBIG) here, whatever
+    library serialised the bytes (some report short writes in their own exception types)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict) -> None:
+    """A state dict as safetensors, atomically."""
+    from safetensors.torch import save
+
+    atomic_write_bytes(path, save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
+
+
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Strict JSON: a NaN or infinity is a bug to fix where it was made, never written (other readers reject it)."""
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
