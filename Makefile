@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-fast browser shipped-model clean
+.PHONY: setup demo test test-fast system-deps shipped-model clean
 
 # The pinned torch pair first (pip takes it from local wheels where they exist), then artcap with
 # its ranges (torch>=2.1, timm>=1.0), so nothing else is pulled.
@@ -11,7 +11,7 @@ $(BIN)/artcap: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e ".[serve,test]"
+	$(BIN)/pip install --quiet -e ".[serve,onnx,ray,test]"
 	touch $@
 
 setup: $(BIN)/artcap
@@ -19,14 +19,14 @@ setup: $(BIN)/artcap
 demo: setup
 	$(BIN)/artcap caption examples/landscape.jpg
 
-# The page test needs Debian's chromium + chromium-driver (installed here when run as root;
-# otherwise that test skips and says why).
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
-	  else echo "chromium/chromedriver missing: the browser test will skip"; fi; fi
+# The page test needs Debian's chromium + chromium-driver, the metadata tests exiftool (installed
+# here when run as root; otherwise those tests skip and say why).
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! command -v exiftool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver libimage-exiftool-perl; \
+	  else echo "chromium/chromedriver/exiftool missing: the browser and metadata tests will skip"; fi; fi
 
-test: setup browser
+test: setup system-deps
 	$(BIN)/pytest -q -rs
 
 test-fast: setup

@@ -243,7 +243,8 @@ def test_an_empty_file_starts_a_new_job_with_its_manifest(shared_data, captioner
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["format"] == "artcap-caption-records" and manifest["version"] == 1
-    assert manifest["job"] == {"model": captioner.model_id, **captioner.decoding.to_dict()}
+    assert manifest["job"] == {"model": captioner.model_id, **captioner.decoding.to_dict(), "asked_emotion": "",
+                               "metadata": ""}
     assert manifest["fields"] == list(read_records(out)[0])
 
 

@@ -17,11 +17,13 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_model_dir
+from .data import EMOTIONS
 from .decode import DecodingConfig, generate
 from .encoders import Encoder, EncoderSpec
 from .errors import ArtcapError
 from .features import FeatureSpec
 from .images import to_rgb_image
+from .model import emotion_ids
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 from .text import Vocabulary
 
@@ -61,8 +63,9 @@ ImageInput = Image.Image | np.ndarray | str | Path
 
 class Captioner:
     def __init__(self, encoder: Encoder, decoder: torch.nn.Module, vocab: Vocabulary, config: dict[str, Any],
-                 device: torch.device, runner: EncoderRunner | None = None):
+                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None):
         self.encoder, self.decoder, self.vocab, self.config, self.device = encoder, decoder, vocab, config, device
+        self.emotion_head = emotion_head  # image -> the 9 emotions' distribution (emotion.EmotionHead), or None
         # What runs the image network: ONNX Runtime or torch (onnx_backend.create_runner); .name says which.
         self.runner = runner or TorchRunner(encoder, device)
         # What the decoder reads: pooled vectors, or a fixed grid for attention (older folders: pooled).
@@ -81,8 +84,11 @@ class Captioner:
         # channels_last: the layout oneDNN's CPU convolutions (and cuDNN's) run fastest on
         encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
         runner = create_runner(encoder, backend, dev)
+        from .emotion import load_emotion_head
+
+        emotion_head = load_emotion_head(path)
         return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path), "source": source}, dev,
-                   runner)
+                   runner, emotion_head)
 
     @property
     def model_id(self) -> str:
@@ -120,6 +126,46 @@ class Captioner:
     def has_attention(self) -> bool:
         return self.feature_spec.kind == "grid"
 
+    @property
+    def is_grounded(self) -> bool:
+        """Does the decoder take an emotion (ArtEmis' emotion-grounded speaker)?"""
+        return self.decoder.config.num_emotions > 0
+
+    def emotion_scores_features(self, features: torch.Tensor) -> np.ndarray:
+        """[B, 9]: the emotion classifier's distribution for each image (EMOTIONS order)."""
+        if self.emotion_head is None:
+            raise ArtcapError(f"model {self.model_id} has no emotion classifier; use a model trained with "
+                              f"emotion_head = true (the default model has one)")
+        pooled = features if features.dim() == 2 else features.float().mean(dim=1)  # a grid's mean is the pooled vector
+        return self.emotion_head.predict(pooled)
+
+    def emotions(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor) -> list[dict[str, float]]:
+        """For each image, how people are likely to feel about it: {emotion: probability} over ArtEmis' 9."""
+        if not isinstance(images, torch.Tensor):
+            images = image_list(images)
+            if not images:
+                return []
+        scores = self.emotion_scores_features(self.encode(images))
+        return [dict(zip(EMOTIONS, map(float, row))) for row in scores]
+
+    def _grounding(self, emotion: str | Sequence[str] | None, batch: int,
+                   scores: np.ndarray | None) -> list[str] | None:
+        """The emotion each caption is grounded on: the one asked for, or ("auto") the classifier's dominant one."""
+        if not self.is_grounded:
+            if emotion is not None:
+                raise ArtcapError(f"model {self.model_id} is not emotion-grounded, so it cannot caption under an "
+                                  f"emotion; drop --emotion or use a grounded model (the default model is)")
+            return None
+        names = [emotion or "auto"] * batch if emotion is None or isinstance(emotion, str) else list(emotion)
+        if len(names) != batch:
+            raise ArtcapError(f"{len(names)} emotions given for {batch} images; give one, or one per image")
+        names = [emotion_name(n) for n in names]
+        if "auto" in names and scores is None:
+            raise ArtcapError(f"model {self.model_id} has no emotion classifier to choose an emotion; pass one of: "
+                              f"{', '.join(EMOTIONS)}")
+        dominant = self.emotion_head.dominant(scores) if scores is not None else []
+        return [EMOTIONS[int(dominant[i])] if n == "auto" else n for i, n in enumerate(names)]
+
     @torch.inference_mode()
     def encode(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
         """Images (or an already preprocessed uint8 batch) -> the features the decoder reads:
@@ -129,42 +175,51 @@ class Captioner:
 
     @torch.inference_mode()
     def describe_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
-                          decoding: DecodingConfig | None = None, with_attention: bool = False) -> list[Description]:
+                          decoding: DecodingConfig | None = None, emotion: str | Sequence[str] | None = None,
+                          with_attention: bool = False) -> list[Description]:
         """Everything artcap says about each image, from its features ([B, C] or [B, g*g, C]): the caption,
-        its words and (with_attention, attention decoders only) where each word looked."""
+        its words, (with_attention, attention decoders only) where each word looked, the emotion a grounded
+        model captioned it under (`emotion`: a name, "auto" = the classifier's, or one per image) and the
+        classifier's emotion distribution."""
         if with_attention and not self.has_attention:
             raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot "
                               f"show where words come from; use an attention model, e.g. --model sat")
         decoding = self.resolve_decoding(decoding, beam=beam, max_len=max_len)
-        captions = generate(self.decoder, features.to(self.device), self.vocab, decoding,
-                            with_attention=with_attention)
-        if not with_attention:
-            return [Description(text, text.split(), None) for text in captions]
-        return [Description(c.text, c.words, c.attention) for c in captions]
+        features = features.to(self.device)
+        scores = self.emotion_scores_features(features) if self.emotion_head is not None else None
+        grounded_on = self._grounding(emotion, len(features), scores)
+        ids = emotion_ids(grounded_on).to(self.device) if grounded_on else None
+        captions = generate(self.decoder, features, self.vocab, decoding, emotions=ids, with_attention=True)
+        return [Description(c.text, c.words, c.attention if with_attention else None,
+                            grounded_on[i] if grounded_on else None,
+                            dict(zip(EMOTIONS, map(float, scores[i]))) if scores is not None else None)
+                for i, c in enumerate(captions)]
 
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
-                         decoding: DecodingConfig | None = None) -> list[str]:
+                         decoding: DecodingConfig | None = None, emotion: str | Sequence[str] | None = None) -> list[str]:
         """Captions from features. `decoding` (default: the model's) with `beam`/`max_len` changed."""
-        return [d.caption for d in self.describe_features(features, beam, max_len, decoding=decoding)]
+        return [d.caption for d in self.describe_features(features, beam, max_len, decoding=decoding, emotion=emotion)]
 
     def describe(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
                  max_len: int | None = None, *, decoding: DecodingConfig | None = None,
-                 with_attention: bool = False) -> list[Description]:
+                 emotion: str | Sequence[str] | None = None, with_attention: bool = False) -> list[Description]:
         """`describe_features` of images (see `caption` for what images may be)."""
         if not isinstance(images, torch.Tensor):
             images = image_list(images)
             if not images:
                 return []
-        return self.describe_features(self.encode(images), beam, max_len, decoding=decoding,
+        return self.describe_features(self.encode(images), beam, max_len, decoding=decoding, emotion=emotion,
                                       with_attention=with_attention)
 
     def caption(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
-                max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[str]:
+                max_len: int | None = None, *, decoding: DecodingConfig | None = None,
+                emotion: str | Sequence[str] | None = None) -> list[str]:
         """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
         HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
         image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
-        beam=1 is greedy search; None uses the model's default."""
-        return [d.caption for d in self.describe(images, beam, max_len, decoding=decoding)]
+        beam=1 is greedy search; None uses the model's default. `emotion` (grounded models): one of the
+        9 ArtEmis emotions to caption under, or "auto" (the default: the emotion classifier's choice)."""
+        return [d.caption for d in self.describe(images, beam, max_len, decoding=decoding, emotion=emotion)]
 
     def explain(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
                 max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[Description]:
@@ -180,12 +235,22 @@ class Description:
     caption: str
     words: list[str]
     attention: np.ndarray | None = None  # [len(words), g*g]: where each word looked (attention models only)
+    emotion: str | None = None  # the emotion a grounded model captioned under; None for ungrounded models
+    emotion_scores: dict[str, float] | None = None  # the emotion classifier's distribution (sums to 1)
 
     def attention_maps(self, grid_size: int) -> list[list[list[float]]] | None:
         """Each word's map as a grid_size x grid_size nested list (JSON-ready), rows summing with the rest to 1."""
         if self.attention is None:
             return None
         return self.attention.reshape(len(self.words), grid_size, grid_size).round(5).tolist()
+
+
+def emotion_name(text: str) -> str:
+    """An emotion as users write it ("Awe", "something-else", "something else") -> its EMOTIONS spelling, or "auto"."""
+    name = " ".join(text.strip().lower().replace("-", " ").replace("_", " ").split())
+    if name != "auto" and name not in EMOTIONS:
+        raise ArtcapError(f"unknown emotion {text!r}; use auto or one of: {', '.join(EMOTIONS)}")
+    return name
 
 
 def image_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

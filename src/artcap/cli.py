@@ -41,6 +41,10 @@ def add_caption_parser(sub) -> None:
                         "(default: the default shipped model)")
     p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy, as in the paper (default: model's)")
     p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words")
+    p.add_argument("--emotion", default=None, metavar="NAME|auto",
+                   help="emotion-grounded models: caption under this emotion (amusement, awe, contentment, excitement, "
+                        "anger, disgust, fear, sadness, something-else) or auto, the emotion classifier's choice "
+                        "(the default)")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text",
                    help="stdout format without --out (with --out the file's suffix decides)")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
@@ -79,13 +83,18 @@ def run_caption(args) -> int:
         return _caption_to_stdout(args, captioner, metadata)
     summary = caption_collection(captioner, args.inputs, args.out, recursive=args.recursive,
                                  batch_size=args.batch_size, num_workers=args.num_workers, beam=args.beam,
-                                 max_len=args.max_len, metadata=metadata, progress=not args.quiet)
+                                 max_len=args.max_len, emotion=args.emotion, metadata=metadata,
+                                 progress=not args.quiet)
     log.info("%s: %d images (%d captioned now at %.1f images/s, %d retried, %d already there)", summary.out,
              summary.total, summary.captioned, summary.images_per_second, summary.retried, summary.skipped)
     return _report_failures(summary.errors, summary.total + summary.unusable_inputs)
 
 
 def _check_caption_args(args) -> None:
+    from .captioner import emotion_name
+
+    if args.emotion is not None:
+        args.emotion = emotion_name(args.emotion)
     for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size)]:
         if value is not None and value < 1:
             raise ArtcapError(f"{flag} must be 1 or more, got {value}")
@@ -123,15 +132,16 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
     failed = [(str(e.source), str(e)) for e in errors]
     printer = _RecordPrinter(args.format, captioner)
     for source, message in failed:  # inputs that yielded no image
-        printer.add({"path": source, "caption": None, "error": message})
+        printer.add({"path": source, "caption": None, "error": message, "emotion": None, "emotion_scores": None})
     with_attention = captioner.has_attention and (args.explain is not None or args.format == "json")
     decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len)
     with metadata:
         for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
-                                    decoding=decoding, with_attention=with_attention):
+                                    decoding=decoding, emotion=args.emotion, with_attention=with_attention):
             error = result.error
             if error is None and metadata.enabled:
-                error = metadata.write(result.path, result.caption, captioner.source, decoding.to_dict())
+                error = metadata.write(result.path, result.caption, captioner.source, decoding.to_dict(),
+                                       result.description.emotion)
             if error is None and args.explain is not None:
                 _save_explanation(args.explain, result, captioner.feature_spec.grid_size)
             if error:
@@ -142,8 +152,10 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
 
 
 def _stdout_record(result, error: str | None, grid_size: int) -> dict:
-    record = {"path": str(result.path), "caption": result.caption, "error": error}
     description = result.description
+    record = {"path": str(result.path), "caption": result.caption, "error": error,
+              "emotion": description.emotion if description else None,
+              "emotion_scores": description.emotion_scores if description else None}
     if description is not None and description.attention is not None:
         record["words"] = [{"word": w, "attention": m}
                            for w, m in zip(description.words, description.attention_maps(grid_size))]
@@ -165,14 +177,16 @@ class _RecordPrinter:
         self.format, self.captioner, self.records = fmt, captioner, []
         self.csv = csv.writer(sys.stdout) if fmt == "csv" else None
         if self.csv:
-            self.csv.writerow(["path", "caption", "error"])
+            self.csv.writerow(["path", "caption", "error", "emotion", "emotion_scores"])
 
     def add(self, record: dict) -> None:
         if self.format == "text":
             if record["caption"] is not None:
                 print(f"{record['path']}\t{record['caption']}", flush=True)
         elif self.csv:
-            self.csv.writerow([record["path"], record["caption"] or "", record["error"] or ""])
+            scores = record.get("emotion_scores")
+            self.csv.writerow([record["path"], record["caption"] or "", record["error"] or "", record.get("emotion") or "",
+                               json.dumps(scores) if scores else ""])
             sys.stdout.flush()
         else:
             self.records.append(record)

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -63,6 +63,14 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+class CaptionEngine(Protocol):
+    """Captions a job's images somewhere else (ray_job.RayEngine): one result per path, in the order
+    of `paths` (the record file's order depends on it), decoded with `decoding` under `emotion`."""
+
+    def __call__(self, paths: list[Path], decoding: DecodingConfig, emotion: str | None) -> Iterable["CaptionResult"]:
+        ...
+
+
 @dataclass
 class CaptionResult:
     path: Path
@@ -77,9 +85,11 @@ class CaptionResult:
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
                   beam: int | None = None, max_len: int | None = None,
-                  decoding: DecodingConfig | None = None, with_attention: bool = False) -> Iterator[CaptionResult]:
+                  decoding: DecodingConfig | None = None, emotion: str | None = None,
+                  with_attention: bool = False) -> Iterator[CaptionResult]:
     """Yield one result per path, in the order of `paths`, captioned with `decoding` (default: the
-    model's) with `beam`/`max_len` changed; `with_attention`: with each word's attention map.
+    model's) with `beam`/`max_len` changed, under `emotion` (grounded models; None = the model's "auto");
+    `with_attention`: with each word's attention map.
 
     The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
     CPU); their features are pooled until `decode_batch_size` images are waiting, then captioned
@@ -99,7 +109,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
 
     def flush() -> Iterator[CaptionResult]:
         features = [f for _, f in pending if isinstance(f, torch.Tensor)]
-        captions = iter(captioner.describe_features(torch.stack(features), decoding=decoding,
+        captions = iter(captioner.describe_features(torch.stack(features), decoding=decoding, emotion=emotion,
                                                     with_attention=with_attention) if features else [])
         for i, item in pending:
             yield CaptionResult(paths[i], None, item) if isinstance(item, str) else CaptionResult(paths[i], next(captions))
@@ -132,6 +142,7 @@ class JobIdentity:
 
     model: str = ""  # the model's id, or hf:OWNER/NAME@COMMIT for a Hub model
     decoding: DecodingConfig = field(default_factory=DecodingConfig)
+    asked_emotion: str = ""  # grounded models: the emotion asked for ("auto" or a name); "" for ungrounded ones
     metadata: str = ""  # what is written beside the records: XMP sidecars, embedded fields (xmp.MetadataWriter)
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +162,9 @@ class JobIdentity:
 
 
 _UNSET = object()
-RECORD_FIELDS = ("path", "caption", *JobIdentity().to_dict(), "time", "error")
+# "emotion": what a grounded model captioned under; "emotion_scores": the emotion classifier's distribution
+# (in CSV, as a JSON object).
+RECORD_FIELDS = ("path", "caption", "emotion", "emotion_scores", *JobIdentity().to_dict(), "time", "error")
 
 
 # ---- the manifest beside the record file --------------------------------------------------------
@@ -365,6 +378,11 @@ class RecordFile:
         if len(row) != len(RECORD_FIELDS):
             return None
         record: dict[str, Any] = {k: v or None for k, v in zip(RECORD_FIELDS, row)}
+        if record["emotion_scores"] is not None:
+            try:
+                record["emotion_scores"] = json.loads(record["emotion_scores"])
+            except ValueError:
+                return None
         for key, like in self.job.items():  # the job's settings have the types they had in JSON
             if record[key] is not None and not isinstance(like, str):
                 try:
@@ -387,7 +405,8 @@ class RecordFile:
     def _encode(self, record: dict[str, Any]) -> bytes:
         if self.format == "jsonl":
             return (json.dumps({k: record.get(k) for k in RECORD_FIELDS}, ensure_ascii=False) + "\n").encode("utf-8")
-        return self._encode_csv(["" if record.get(k) is None else record[k] for k in RECORD_FIELDS])
+        values = {**record, "emotion_scores": json.dumps(record["emotion_scores"]) if record.get("emotion_scores") else None}
+        return self._encode_csv(["" if values.get(k) is None else values[k] for k in RECORD_FIELDS])
 
     def _write(self, data: bytes) -> None:
         """Write all of `data` at the end; if that fails (disk full), cut back to the last complete record."""
@@ -503,7 +522,8 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
                        decoding: DecodingConfig | None = None, recursive: bool = False,
                        batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = DEFAULT_NUM_WORKERS,
                        beam: int | None = None, max_len: int | None = None,
-                       metadata: MetadataWriter | None = None, progress: bool = True) -> CollectionSummary:
+                       emotion: str | None = None, metadata: MetadataWriter | None = None,
+                       progress: bool = True, engine: "CaptionEngine | None" = None) -> CollectionSummary:
     """Caption every image under `inputs` into the record file `out`, resuming what is there.
 
     `decoding` (default: the model's) with `beam`/`max_len` changed decodes every caption. Images
@@ -512,14 +532,17 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
     file; unreadable images are written as error records. Raises ArtcapError when `out` is not an
     artcap record file or holds another job (model or decoding). `metadata` also writes each caption
     into XMP sidecars or the image files; a failure there is the image's error record (retried next run).
+    `engine` captions the images elsewhere (ray_job.RayEngine: an actor pool on a Ray cluster); this
+    process stays the only writer of the record file, so every guarantee above holds the same.
     """
     from .images import find_images
 
     out = Path(out)
     record_format(out)  # a bad suffix fails before any work
     writer = metadata or MetadataWriter()
+    asked = (emotion or "auto") if captioner.is_grounded else (emotion or "")
     identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, beam=beam, max_len=max_len),
-                           writer.describe())
+                           asked, writer.describe())
     paths, input_errors = find_images(inputs, recursive=recursive)
     with writer, RecordFile(out, identity) as records:  # the writer first: no exiftool fails before any file is touched
         old = records.latest()
@@ -528,7 +551,7 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
         summary = CollectionSummary(out, total=len(paths), skipped=len(paths) - len(todo), captioned=0,
                                     retried=sum(k in old for _, k in todo), unusable_inputs=len(input_errors))
         _caption_into(records, captioner, todo, summary, writer, batch_size=batch_size, num_workers=num_workers,
-                      progress=progress)
+                      progress=progress, engine=engine)
         records.finish()
     summary.errors = [(str(e.source), str(e)) for e in input_errors]
     summary.errors += [(k, r["error"]) for k, r in records.latest().items() if r.get("error")]
@@ -537,7 +560,7 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
 
 def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Path, str]],
                   summary: CollectionSummary, writer: MetadataWriter, *, batch_size: int, num_workers: int,
-                  progress: bool) -> None:
+                  progress: bool, engine: "CaptionEngine | None" = None) -> None:
     """Caption the (path, key) pairs of `todo` in order, appending one record each."""
     from tqdm import tqdm
 
@@ -546,13 +569,19 @@ def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Pa
     key_of = dict(todo)
     started = time.perf_counter()
     try:
-        for result in caption_paths(captioner, [p for p, _ in todo], batch_size=batch_size,
-                                    num_workers=num_workers, decoding=records.identity.decoding):
-            error = result.error
+        images, emotion = [p for p, _ in todo], records.identity.asked_emotion or None
+        results = (caption_paths(captioner, images, batch_size=batch_size, num_workers=num_workers,
+                                 decoding=records.identity.decoding, emotion=emotion)
+                   if engine is None else engine(images, records.identity.decoding, emotion))
+        for result in results:
+            description, error = result.description, result.error
             if error is None and writer.enabled:
-                error = writer.write(result.path, result.caption, captioner.source, records.identity.decoding.to_dict())
-            records.append({"path": key_of[result.path], "caption": result.caption, **records.job,
-                            "time": _now(), "error": error})
+                error = writer.write(result.path, result.caption, captioner.source,
+                                     records.identity.decoding.to_dict(), description.emotion)
+            records.append({"path": key_of[result.path], "caption": result.caption,
+                            "emotion": description.emotion if description else None,
+                            "emotion_scores": description.emotion_scores if description else None,
+                            **records.job, "time": _now(), "error": error})
             summary.captioned += 1
             bar.update(1)
     finally:

@@ -16,19 +16,28 @@ from artcap.decode import DecodingConfig
 from artcap.server.errors import ApiError
 
 if TYPE_CHECKING:
-    from artcap.captioner import Captioner
+    from artcap.captioner import Captioner, Description
+
+
+@dataclass(frozen=True)
+class Ask:
+    """What a request asks of the model besides the image; requests asking the same are batched together."""
+
+    decoding: DecodingConfig
+    emotion: str | None = None  # grounded models: a name or "auto"
+    explain: bool = False  # with each word's attention map
 
 
 @dataclass
 class _Job:
     pixels: np.ndarray  # the model's input size: the queue never holds a full-size image
-    decoding: DecodingConfig
-    future: asyncio.Future[tuple[str, float, float]]
+    ask: Ask
+    future: asyncio.Future[tuple[Description, float, float]]
 
 
 class BatchingCaptioner:
-    """Requests that wait at the same time and ask for the same decoding go to
-    `Captioner.caption` as one batch."""
+    """Requests that wait at the same time and ask for the same thing (`Ask`) go to
+    `Captioner.describe` as one batch."""
 
     def __init__(self, captioner: Captioner, *, max_batch: int = 32, max_queue: int = 256) -> None:
         self.captioner = captioner
@@ -53,9 +62,9 @@ class BatchingCaptioner:
                 job.future.set_exception(ApiError(503, "the server is shutting down; retry in a moment"))
         self._executor.shutdown(wait=True)
 
-    async def caption(self, pixels: np.ndarray, decoding: DecodingConfig) -> tuple[str, float, float]:
-        """Return (caption, started, finished): perf_counter() times of the batch that captioned it."""
-        job = _Job(pixels, decoding, asyncio.get_running_loop().create_future())
+    async def describe(self, pixels: np.ndarray, ask: Ask) -> tuple[Description, float, float]:
+        """Return (description, started, finished): perf_counter() times of the batch that captioned it."""
+        job = _Job(pixels, ask, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -68,19 +77,19 @@ class BatchingCaptioner:
             while len(batch) < self.max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             self._in_flight = batch
-            groups: dict[DecodingConfig, list[_Job]] = defaultdict(list)
+            groups: dict[Ask, list[_Job]] = defaultdict(list)
             for job in batch:
                 if not job.future.done():  # done = its request timed out or went away
-                    groups[job.decoding].append(job)
-            for decoding, jobs in groups.items():
-                await self._caption_group(decoding, jobs)
+                    groups[job.ask].append(job)
+            for ask, jobs in groups.items():
+                await self._caption_group(ask, jobs)
             self._in_flight = []
 
-    async def _caption_group(self, decoding: DecodingConfig, jobs: list[_Job]) -> None:
+    async def _caption_group(self, ask: Ask, jobs: list[_Job]) -> None:
         started = time.perf_counter()
         try:
             captions = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._caption_batch, [job.pixels for job in jobs], decoding
+                self._executor, self._caption_batch, [job.pixels for job in jobs], ask
             )
         except Exception as err:  # hand every failure to its request instead of killing the worker
             for job in jobs:
@@ -92,8 +101,9 @@ class BatchingCaptioner:
             if not job.future.done():
                 job.future.set_result((text, started, finished))
 
-    def _caption_batch(self, pixels: list[np.ndarray], decoding: DecodingConfig) -> list[str]:
-        captions = self.captioner.caption(pixels, decoding=decoding)
+    def _caption_batch(self, pixels: list[np.ndarray], ask: Ask) -> list[Description]:
+        captions = self.captioner.describe(pixels, decoding=ask.decoding, emotion=ask.emotion,
+                                           with_attention=ask.explain)
         if len(captions) != len(pixels):
             raise RuntimeError(f"captioner returned {len(captions)} captions for {len(pixels)} images")
         return list(captions)

@@ -14,10 +14,12 @@ from fastapi.staticfiles import StaticFiles
 
 from artcap.decode import DecodingConfig
 from artcap.errors import ArtcapError
-from artcap.server.batching import BatchingCaptioner
+from artcap.captioner import Description, emotion_name
+from artcap.data import EMOTIONS
+from artcap.server.batching import Ask, BatchingCaptioner
 from artcap.server.errors import ApiError, ErrorBody
 from artcap.server.prepare import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, PreparedImage, prepare_image
-from artcap.server.schemas import CaptionResponse, Captions, Health, ImageInfo, Limits
+from artcap.server.schemas import CaptionResponse, Captions, Health, ImageInfo, Limits, Word
 from artcap.server.settings import ServerSettings
 from artcap.server.upload import Upload, mib, read_multipart
 
@@ -39,12 +41,12 @@ class CaptionService:
         self._decode_limiter = anyio.CapacityLimiter(settings.max_concurrent_decodes)
         self._active = 0  # requests between arrival and answer (one event loop: a plain int is safe)
 
-    async def answer(self, request: Request, beam: int | None, max_len: int | None) -> CaptionResponse:
+    async def answer(self, request: Request, query: dict[str, Any]) -> CaptionResponse:
         if self._active >= self.settings.max_active_requests:
             raise ApiError(503, f"the server is busy ({self._active} captions in progress); retry in a few seconds")
         self._active += 1
         try:
-            return await asyncio.wait_for(self._caption(request, beam, max_len), self.settings.request_timeout_s)
+            return await asyncio.wait_for(self._caption(request, query), self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(
                 504,
@@ -54,27 +56,34 @@ class CaptionService:
         finally:
             self._active -= 1
 
-    async def _caption(self, request: Request, beam: int | None, max_len: int | None) -> CaptionResponse:
+    async def _caption(self, request: Request, query: dict[str, Any]) -> CaptionResponse:
         started = time.perf_counter()
         upload = await read_multipart(request, self.settings.max_upload_bytes)
-        decoding = self._decoding(upload, beam, max_len)
+        ask = self._ask(upload, query)
+        decoding = ask.decoding
         image_bytes = _take_image_bytes(upload)
         upload_size = len(image_bytes)
         decode_started = time.perf_counter()
         prepared = await self._prepare(image_bytes, upload.filename, started)
         queued_at = time.perf_counter()
         del image_bytes  # the upload goes now: only the small model-size array waits for the model
-        results = await self._run_model(prepared, decoding)
-        greedy, beam_caption = results[0][0], (results[1][0] if len(results) > 1 else None)
+        results = await self._run_model(prepared, ask)
+        greedy, beam = results[0][0], (results[1][0] if len(results) > 1 else None)
+        best = beam or greedy
         inference_started = min(started for _, started, _ in results)
         inference_finished = max(finished for _, _, finished in results)
+        grid = self.captioner.feature_spec.grid_size
         return CaptionResponse(
-            caption=beam_caption if beam_caption is not None else greedy,
-            captions=Captions(greedy=greedy, beam=beam_caption),
+            caption=best.caption,
+            captions=Captions(greedy=greedy.caption, beam=beam.caption if beam else None),
             model=self.captioner.model_id,
             beam=decoding.beam,
             max_len=decoding.max_len,
             decoding=decoding,
+            emotion=best.emotion,
+            emotion_scores=best.emotion_scores,
+            words=[Word(word=w, attention=m) for w, m in zip(best.words, best.attention_maps(grid))]
+            if ask.explain else None,
             image=ImageInfo(width=prepared.width, height=prepared.height, format=prepared.format,
                             bytes=upload_size),
             timing_ms=_timings(started, upload.read_ms, decode_started, queued_at, inference_started,
@@ -99,24 +108,32 @@ class CaptionService:
         finally:
             self._decode_limiter.release()
 
-    def _decoding(self, upload: Upload, query_beam: int | None, query_max_len: int | None) -> DecodingConfig:
+    def _ask(self, upload: Upload, query: dict[str, Any]) -> Ask:
         """Form fields override query parameters; what neither gives is the model's default."""
-        limits = self.settings
-        beam = _int_param("beam", upload.fields.get("beam"), 1, limits.max_beam)
-        max_len = _int_param("max_len", upload.fields.get("max_len"), 1, limits.max_len_limit)
+        limits, fields = self.settings, upload.fields
+        beam = _int_param("beam", fields.get("beam"), 1, limits.max_beam)
+        max_len = _int_param("max_len", fields.get("max_len"), 1, limits.max_len_limit)
+        emotion = fields.get("emotion") or query["emotion"]
+        explain = _bool_param("explain", fields.get("explain"))
         try:
-            return self.captioner.resolve_decoding(
-                beam=beam if beam is not None else query_beam,
-                max_len=max_len if max_len is not None else query_max_len,
-            )
+            decoding = self.captioner.resolve_decoding(beam=beam if beam is not None else query["beam"],
+                                                       max_len=max_len if max_len is not None else query["max_len"])
+            ask = Ask(decoding, emotion_name(emotion) if emotion else None,
+                      explain if explain is not None else query["explain"])
         except ArtcapError as err:
             raise ApiError(422, str(err)) from None
+        if ask.explain and not self.captioner.has_attention:
+            raise ApiError(422, f"explain=true needs an attention model; {self.captioner.model_id} has none")
+        if ask.emotion and not self.captioner.is_grounded:
+            raise ApiError(422, f"model {self.captioner.model_id} is not emotion-grounded; leave 'emotion' out")
+        return ask
 
-    async def _run_model(self, prepared: PreparedImage, decoding: DecodingConfig) -> list[tuple[str, float, float]]:
-        """The greedy caption always; the beam caption too when the beam is wider than 1."""
-        jobs = [self.batcher.caption(prepared.pixels, decoding.with_overrides(beam=1))]
-        if decoding.beam > 1:
-            jobs.append(self.batcher.caption(prepared.pixels, decoding))
+    async def _run_model(self, prepared: PreparedImage, ask: Ask) -> list[tuple[Description, float, float]]:
+        """The greedy caption always; the beam caption too when the beam is wider than 1 (the best one explained)."""
+        greedy = Ask(ask.decoding.with_overrides(beam=1), ask.emotion, ask.explain and ask.decoding.beam == 1)
+        jobs = [self.batcher.describe(prepared.pixels, greedy)]
+        if ask.decoding.beam > 1:
+            jobs.append(self.batcher.describe(prepared.pixels, ask))
         try:
             return list(await asyncio.gather(*jobs))
         except ArtcapError as err:
@@ -132,6 +149,10 @@ class CaptionService:
             request_timeout_s=limits.request_timeout_s,
             formats=list(ACCEPTED_FORMATS),
             default_decoding=self.captioner.decoding,
+            emotions=list(EMOTIONS),
+            grounded=self.captioner.is_grounded,
+            emotion_classifier=self.captioner.emotion_head is not None,
+            attention=self.captioner.has_attention,
         )
 
 
@@ -155,6 +176,15 @@ def _int_param(name: str, raw: str | None, low: int, high: int) -> int | None:
     if not low <= value <= high:
         raise ApiError(422, f"'{name}' must be from {low} to {high}, got {value}")
     return value
+
+
+def _bool_param(name: str, raw: str | None) -> bool | None:
+    if raw is None or raw.strip() == "":
+        return None
+    value = raw.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ApiError(422, f"'{name}' must be true or false, got {raw[:20]!r}")
+    return value in ("true", "1")
 
 
 def _timings(started: float, read_ms: float, decode_started: float, queued_at: float,
@@ -209,8 +239,10 @@ def _add_caption_route(app: FastAPI, service: CaptionService) -> None:
         request: Request,
         beam: int | None = Query(None, ge=1, le=settings.max_beam, description="Beam width; 1 = greedy only."),
         max_len: int | None = Query(None, ge=1, le=settings.max_len_limit, description="Maximum caption length in words."),
+        emotion: str | None = Query(None, max_length=40, description="Emotion-grounded models: an emotion name or auto."),
+        explain: bool = Query(False, description="Attention models: return each word's attention map."),
     ) -> CaptionResponse:
-        return await service.answer(request, beam, max_len)
+        return await service.answer(request, {"beam": beam, "max_len": max_len, "emotion": emotion, "explain": explain})
 
 
 def _form_schema(settings: ServerSettings) -> dict[str, Any]:
@@ -222,6 +254,8 @@ def _form_schema(settings: ServerSettings) -> dict[str, Any]:
             "beam": {"type": "integer", "minimum": 1, "maximum": settings.max_beam, "description": "Overrides ?beam."},
             "max_len": {"type": "integer", "minimum": 1, "maximum": settings.max_len_limit,
                         "description": "Overrides ?max_len."},
+            "emotion": {"type": "string", "maxLength": 40, "description": "Overrides ?emotion."},
+            "explain": {"type": "boolean", "description": "Overrides ?explain."},
         },
     }
 

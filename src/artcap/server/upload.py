@@ -21,7 +21,7 @@ from artcap.server.settings import MiB
 # Room for the multipart boundaries, part headers and the small beam/max_len fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_PARTS = 8
-FORM_FIELDS = ("image", "beam", "max_len")
+FORM_FIELDS = ("image", "beam", "max_len", "emotion", "explain")
 MAX_TEXT_FIELD_BYTES = 64
 MAX_PART_HEADER_BYTES = 8 * 1024
 
@@ -74,7 +74,7 @@ class _FormCollector:
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= MAX_FORM_PARTS:
-            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only image, beam and max_len")
+            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only image, beam, max_len, emotion and explain")
         self._headers, self._header_bytes = {}, 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
