@@ -260,12 +260,13 @@ def _file_size_limit(limit):
 
 
 @pytest.mark.slow
-def test_a_full_disk_while_writing_the_cache_is_one_line_and_nothing_is_corrupted(shared_data, tmp_path, lite0):
+def test_a_full_disk_while_writing_the_cache_is_one_line_and_nothing_is_corrupted(shared_data, artemis_subset,
+                                                                                   tmp_path, lite0):
     paths = some_paintings(shared_data, 8)
-    result = subprocess.run([*ARTCAP, "-q", "features", "--data", str(shared_data / "artemis-mini/artemis_mini.csv"),
-                             "--images", str(shared_data / "artemis-mini/wikiart"), "--cache", str(tmp_path),
-                             "--image-size", "128"], capture_output=True, text=True, timeout=600,
-                            preexec_fn=_file_size_limit(100_000))
+    csv_path, images = artemis_subset
+    result = subprocess.run([*ARTCAP, "-q", "features", "--data", str(csv_path), "--images", str(images),
+                             "--cache", str(tmp_path), "--image-size", "128"], capture_output=True, text=True,
+                            timeout=600, preexec_fn=_file_size_limit(100_000))
     assert result.returncode == 2, result.stderr[-1500:]
     assert result.stderr.count("\n") == 1 and "free some space" in result.stderr, result.stderr
     assert not list(tmp_path.rglob("*.tmp"))  # the partial shard was removed
