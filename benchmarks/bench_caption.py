@@ -221,7 +221,7 @@ def main() -> None:
     parser.add_argument("--compare-backends", action="store_true",
                         help="only compare the backends: torch vs onnx folder jobs, batch sizes, identical captions")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved torch/onnx rounds (default 2)")
-    parser.add_argument("--agreement", type=int, default=240, help="test paintings for the identical-caption share")
+    parser.add_argument("--agreement", type=int, default=240, help="test paintings for the identical-caption share (0: skip)")
     parser.add_argument("--int8", action="store_true", help="also evaluate ORT static int8 quantisation")
     parser.add_argument("--data", type=Path, default=DATA.parent / "artemis_mini.csv",
                         help="ArtEmis CSV for the int8 grounding references")
@@ -238,7 +238,8 @@ def main() -> None:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(paths)} images from {args.folder}")
         compare_backends(args.model, paths, args.rounds, DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS)
         onnx_batch_sweep(args.model, paths, DEFAULT_NUM_WORKERS, args.rounds)
-        agreement(args.model, args.folder, args.agreement)
+        if args.agreement:
+            agreement(args.model, args.folder, args.agreement)
         if args.int8:
             int8_evaluation(args.model, args.folder, args.data, paths, args.agreement, args.rounds)
         return
