@@ -50,7 +50,11 @@ class TrainConfig:
     min_lr: float = 0.0
     grad_clip: float = 0.0  # clip the gradient norm to this (0: off)
     init_from: str = ""  # a model folder to start from (fine-tuning); "" = scratch
-    select_by: str = "val_loss"  # which validation measure picks the exported model: val_loss | bleu4 | cider
+    select_by: str = "val_loss"  # which validation measure picks the exported model: val_loss | bleu4 | cider |
+    #   cider_distinct (CIDEr-D among epochs whose val captions are >= 60% distinct; see train._selection_score)
+    objective: str = "xe"  # xe (cross-entropy, teacher forcing) | scst (self-critical, CIDEr-D reward; needs init_from)
+    scst_samples: int = 5  # scst: captions sampled per image; each one's baseline is the mean reward of the others
+    grounding_weight: float = 0.0  # scst: reward = CIDEr-D(own refs) - this x CIDEr-D(a random other painting's)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bfloat16 autocast on CUDA; ignored on CPU
@@ -69,6 +73,9 @@ class TrainConfig:
             value = getattr(self, key)
             if not check(value):
                 raise ArtcapError(f"config key {key} = {value!r} is out of range: must be {allowed}")
+        if self.objective == "scst" and not self.init_from:
+            raise ArtcapError("objective = scst fine-tunes a cross-entropy model: set init_from to its model folder "
+                              "(e.g. --set init_from=runs/merge-xe/model)")
 
     def decoding(self, max_len: int) -> "DecodingConfig":
         """The decoding defaults saved with the model; `max_len` is the data's when the config says 0."""
@@ -116,7 +123,11 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("lr_schedule", lambda v: v in ("constant", "cosine"), "constant or cosine"),
     ("min_lr", _finite(0.0, 10.0), "from 0 to 10"),
     ("grad_clip", _finite(0.0, 1e6), "0 (off) or a positive number"),
-    ("select_by", lambda v: v in ("val_loss", "bleu4", "cider"), "val_loss, bleu4 or cider"),
+    ("select_by", lambda v: v in ("val_loss", "bleu4", "cider", "cider_distinct"),
+     "val_loss, bleu4, cider or cider_distinct"),
+    ("objective", lambda v: v in ("xe", "scst"), "xe (cross-entropy) or scst (self-critical)"),
+    ("scst_samples", lambda v: 2 <= v <= 64, "from 2 to 64"),
+    ("grounding_weight", _finite(0.0, 10.0), "from 0 to 10"),
     ("seed", lambda v: 0 <= v < 2**63, "0 or more"),
     ("device", lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "auto, cpu, cuda, cuda:N or mps"),
     ("checkpoint_every", lambda v: 0 <= v, "0 (off) or more"),

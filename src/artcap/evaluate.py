@@ -11,7 +11,9 @@ Scoring protocol (see artcap.metrics for the arithmetic):
   references, as mean/median and listed for the first 20 paintings of the split;
 - diversity: share of distinct captions, distinct words, mean length, share copied verbatim from
   the run's training captions;
-- grounding: mean CIDEr-D against a painting's own references minus against the next painting's.
+- grounding: mean CIDEr-D against a painting's own references minus against the next painting's;
+- top caption share: the share of paintings given the most frequent caption (a stock sentence's reach);
+- the human (leave-one-out) row: what one person achieves against the others (``human_leave_one_out``).
 
 The split comes from the model folder's (or its run's) ``splits.json``; without one it is recreated
 from the data with the default split seed (2021), which is what ``artcap train`` does by default.
@@ -38,14 +40,17 @@ from .config import TrainConfig
 from .data import read_annotations, references
 from .errors import ArtcapError
 from .io import atomic_write_json, atomic_write_text
-from .metrics import COCO_KEYS, evaluate_captions, format_markdown_table, java_available
+from .metrics import COCO_KEYS, evaluate_captions, format_markdown_table, java_available, top_caption_share
 
 log = logging.getLogger("artcap")
 
 SPLITS = ("test", "val", "all")
 DEFAULT_SPLIT_SEED = 2021
 FIRST_N_PAPER = 20
-TABLE_COLUMNS = [*COCO_KEYS, "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied"]
+TABLE_COLUMNS = [*COCO_KEYS, "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied",
+                 "top caption share"]
+HUMAN_ROW = "human (leave-one-out)"
+HUMAN_MIN_UTTERANCES = 5  # paintings with at least this many utterances enter the human row
 TOKENISATION = "Stanford PTB tokenizer (COCO protocol), lower-cased, punctuation removed"
 
 
@@ -137,6 +142,7 @@ def score_system(ids: list[str], captions: list[str], refs: dict[str, list[str]]
     """Every measure for one system; per-image paper BLEU returned separately."""
     predictions = dict(zip(ids, captions))
     scores = evaluate_captions(predictions, {i: refs[i] for i in ids}, training_captions, with_meteor)
+    scores["top_caption_share"] = top_caption_share(predictions)
     per_image = scores["paper_bleu"].pop("per_image")
     scores["paper_bleu"]["first_20"] = {i: per_image[i] for i in ids[:FIRST_N_PAPER]}
     scores["per_image_bleu4"] = per_image
@@ -147,11 +153,40 @@ def table_row(scores: dict) -> dict[str, float | None]:
     d = scores["diversity"]
     return {**scores["coco"], "paper BLEU-4": scores["paper_bleu"]["mean"], "grounding": scores["grounding"],
             "distinct": d["distinct_captions"], "vocabulary": d["vocabulary"], "mean_length": d["mean_length"],
-            "copied": d.get("copied_from_training")}
+            "copied": d.get("copied_from_training"), "top caption share": scores.get("top_caption_share")}
 
 
-def scores_table(systems: dict[str, dict]) -> str:
-    return format_markdown_table({name: table_row(s) for name, s in systems.items()}, TABLE_COLUMNS, "system")
+def scores_table(systems: dict[str, dict], human: dict | None = None) -> str:
+    rows = {name: table_row(s) for name, s in systems.items()}
+    if human is not None:
+        rows[HUMAN_ROW] = human["row"]
+    return format_markdown_table(rows, TABLE_COLUMNS, "system")
+
+
+def human_leave_one_out(ids: list[str], refs: dict[str, list[str]], with_meteor: bool,
+                        min_utterances: int = HUMAN_MIN_UTTERANCES) -> dict | None:
+    """The human ceiling on the same paintings and metrics: each person scored against the other people.
+
+    Over the paintings with at least `min_utterances` utterances: for each utterance index j < min_utterances
+    (file order), utterance j of every painting is the "caption" and the painting's other utterances its
+    references; every metric of the table is computed by `score_system`, then averaged over the indices j.
+    So each number is what one human achieves against n-1 others (a model is scored against all n, which
+    favours it slightly). Returns {"paintings", "utterance_indices", "references_per_painting", "row"}, or
+    None when fewer than 2 paintings qualify (grounding compares paintings)."""
+    ids = [i for i in ids if len(refs[i]) >= min_utterances]
+    if len(ids) < 2:
+        return None
+    rows = []
+    for j in range(min_utterances):
+        captions = [refs[i][j] for i in ids]
+        others = {i: refs[i][:j] + refs[i][j + 1:] for i in ids}
+        rows.append(table_row(score_system(ids, captions, others, None, with_meteor)))
+    averaged = {}
+    for column in rows[0]:
+        values = [r[column] for r in rows if r[column] is not None]
+        averaged[column] = sum(values) / len(values) if values else None
+    return {"paintings": len(ids), "utterance_indices": list(range(min_utterances)),
+            "references_per_painting": sum(len(refs[i]) - 1 for i in ids) / len(ids), "row": averaged}
 
 
 def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Path, split: str = "test",
@@ -195,6 +230,9 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     for name, caps in tqdm(captions.items(), desc="scoring", unit="system", disable=not progress or len(captions) == 1):
         systems[name] = score_system(evalset.ids, caps, evalset.references, training, with_meteor)
     seconds["metrics"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    human = human_leave_one_out(evalset.ids, evalset.references, with_meteor)
+    seconds["human"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
     result = {
@@ -215,7 +253,9 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     }
     if baselines:
         result["constant_caption"] = captions["constant"][0]
-    result["table"] = scores_table(systems)
+    if human is not None:
+        result["human_leave_one_out"] = human
+    result["table"] = scores_table(systems, human)
     if out_dir is not None:
         write_outputs(Path(out_dir), result, evalset, captions, systems)
     return result
@@ -250,8 +290,14 @@ def render_markdown(result: dict) -> str:
         result["table"],
         "paper BLEU-4: mean smoothed sentence BLEU-4 per painting (the research report's measure); "
         "grounding: CIDEr-D against own references minus against another painting's (0 = generic); "
-        "distinct: share of distinct captions; copied: share copied verbatim from training captions.",
+        "distinct: share of distinct captions; copied: share copied verbatim from training captions; "
+        "top caption share: share of paintings given the most frequent caption.",
     ]
+    if "human_leave_one_out" in result:
+        h = result["human_leave_one_out"]
+        lines += ["", f"{HUMAN_ROW}: on the {h['paintings']} paintings with at least {len(h['utterance_indices'])} "
+                      f"utterances, utterance j of each painting scored against its other utterances "
+                      f"({h['references_per_painting']:.1f} on average), mean over j = 0..{len(h['utterance_indices']) - 1}."]
     if "constant_caption" in result:
         lines += ["", f"Constant baseline caption: \"{result['constant_caption']}\""]
     first = result["systems"][result["model"]]["paper_bleu"]["first_20"]

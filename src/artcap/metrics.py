@@ -19,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import warnings
+from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Literal
 
@@ -36,6 +37,8 @@ __all__ = [
     "coco_scores",
     "per_image_bleu",
     "diversity",
+    "top_caption_share",
+    "collapse_scores",
     "grounding",
     "evaluate_captions",
     "format_markdown_table",
@@ -325,6 +328,24 @@ def diversity(
         training = {_normalise(c) for c in training_captions}
         scores["copied_from_training"] = sum(c in training for c in normalised) / len(normalised)
     return scores
+
+
+def top_caption_share(predictions: Mapping[Hashable, str]) -> float:
+    """The share of images given the most frequent caption (after ``diversity``'s folding of case,
+    whitespace and punctuation): 1/n when every caption differs, 1.0 for one caption for all. "No caption
+    for more than 2% of the paintings" is ``top_caption_share(...) <= 0.02``."""
+    if not predictions:
+        raise ArtcapError("top_caption_share: no predictions given; pass at least one {image_id: caption}")
+    counts = Counter(_normalise(c) for c in predictions.values())
+    return max(counts.values()) / len(predictions)
+
+
+def collapse_scores(predictions: Mapping[Hashable, str]) -> dict[str, float]:
+    """What a collapsing captioner loses first, for training-time monitoring: ``distinct`` (share of
+    distinct captions), ``vocabulary`` (distinct words used) and ``top_caption_share``."""
+    d = diversity(predictions)
+    return {"distinct": d["distinct_captions"], "vocabulary": d["vocabulary"],
+            "top_caption_share": top_caption_share(predictions)}
 
 
 # --------------------------------------------------------------------------- grounding

@@ -40,6 +40,7 @@ class Batch:
     features: torch.Tensor  # [B, C] or [B, g*g, C]
     tokens: torch.Tensor  # [B, T]
     emotions: torch.Tensor | None  # [B] emotion ids, for emotion-grounded decoders
+    rows: np.ndarray | None = None  # [B] each caption's image row in the corpus features (SCST's reference key)
 
 
 LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
@@ -118,9 +119,10 @@ def evaluate_loss(model: torch.nn.Module, table: CaptionTable, features: Feature
 
 @torch.no_grad()
 def validation_scores(model: torch.nn.Module, corpus: Corpus, max_len: int, device: torch.device) -> dict[str, float]:
-    """Greedy captions of the val paintings scored by BLEU-4 and CIDEr-D (artcap tokens): for `select_by`."""
+    """Greedy captions of the val paintings scored by BLEU-4 and CIDEr-D (artcap tokens), for `select_by`, and
+    how collapsed they are (distinct share, vocabulary, top caption share: metrics.collapse_scores)."""
     from .decode import DecodingConfig, generate
-    from .metrics import selection_scores
+    from .metrics import collapse_scores, selection_scores
 
     data = corpus.data
     ids = data.split_ids("val")
@@ -134,14 +136,15 @@ def validation_scores(model: torch.nn.Module, corpus: Corpus, max_len: int, devi
         captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len))
     model.train(was_training)
     references = {i: [" ".join(t) for t in data.captions[i]] for i in ids}
-    return selection_scores(dict(zip(ids, captions)), references)
+    predictions = dict(zip(ids, captions))
+    return {**selection_scores(predictions, references), **collapse_scores(predictions)}
 
 
 def _batch(table: CaptionTable, idx: np.ndarray, features: FeatureView, device: torch.device,
            with_emotions: bool) -> Batch:
     return Batch(torch.from_numpy(features[table.rows[idx]]).to(device, non_blocking=True),
                  table.tokens[idx].to(device, non_blocking=True),
-                 table.emotions[idx].to(device) if with_emotions else None)
+                 table.emotions[idx].to(device) if with_emotions else None, table.rows[idx])
 
 
 @dataclass
@@ -185,15 +188,40 @@ def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
                                         num_emotions=emotions))
 
 
+MIN_DISTINCT = 0.6  # select_by = "cider_distinct": the share of distinct val captions an epoch must reach
+
+
 def _selection_score(config: TrainConfig, record: dict) -> float | None:
     if config.select_by == "val_loss":
         return -record["val_loss"] if record["val_loss"] is not None else None
+    if config.select_by == "cider_distinct":
+        return _cider_distinct(record)
     return record.get(config.select_by)
 
 
+def _cider_distinct(record: dict) -> float | None:
+    """CIDEr-D if at least MIN_DISTINCT of the val captions are distinct; below that, distinct - 1 (< 0 <= any
+    CIDEr-D): every epoch that meets the rule beats every one that does not, and until one does, the most
+    varied epoch is kept rather than the best-scoring collapsed one."""
+    if record.get("cider") is None or record.get("distinct") is None:
+        return None
+    return record["cider"] if record["distinct"] >= MIN_DISTINCT else record["distinct"] - 1.0
+
+
+def objective_loss(config: TrainConfig, corpus: Corpus, max_len: int) -> LossFn:
+    """The loss `config.objective` names: teacher-forced cross-entropy, or self-critical training (artcap.scst)
+    rewarded by CIDEr-D against the training references (call after build_decoder: init_from sets the vocabulary)."""
+    if config.objective == "scst":
+        from .scst import ScstLoss
+
+        return ScstLoss.from_corpus(corpus, max_len, config.scst_samples, config.grounding_weight)
+    return cross_entropy_loss
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          loss_fn: LossFn = cross_entropy_loss) -> Path:
-    """Train (or resume) the run in `config.out`; returns the run folder."""
+          loss_fn: LossFn | None = None) -> Path:
+    """Train (or resume) the run in `config.out`; returns the run folder. `loss_fn` None: the loss
+    `config.objective` names (objective_loss)."""
     rank, world = _distributed()
     device = resolve_device(config.device)
     if device.type == "cuda" and world > 1:
@@ -220,6 +248,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
     torch.manual_seed(config.seed)
     model = build_decoder(config, corpus).to(device)
+    loss_fn = loss_fn or objective_loss(config, corpus, max_len)
     state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.lr))
     if resume and checkpoint_path.exists():
         state.restore(load_checkpoint(checkpoint_path))
@@ -241,7 +270,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                      checkpoint_path)
         record = state.history[-1]
         record["val_loss"] = evaluate_loss(model, val_table, corpus.features, device)
-        if config.select_by != "val_loss":
+        if config.select_by != "val_loss" or config.objective != "xe":  # SCST: watch for collapse every epoch
             record.update(validation_scores(model, corpus, max_len, device))
         if rank == 0:
             _end_epoch(config, state, record, run, corpus, max_len)
@@ -329,6 +358,7 @@ def _end_epoch(config: TrainConfig, state: RunState, record: dict, run: Path, co
     if score is None or score > state.best:
         state.best = score if score is not None else state.best
         export_model(run / "model", state.model, corpus.data, config, max_len, state.history)
-    shown = {k: record[k] for k in ("train_loss", "val_loss", "bleu4", "cider") if record.get(k) is not None}
+    shown = {k: record[k] for k in ("train_loss", "val_loss", "bleu4", "cider", "distinct", "vocabulary",
+                                    "top_caption_share") if record.get(k) is not None}
     log.info("epoch %d: %s, %.1f s", record["epoch"], ", ".join(f"{k} {v:.4f}" for k, v in shown.items()),
              record["seconds"])
