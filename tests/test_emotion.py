@@ -30,6 +30,7 @@ def trained(corpus):
     return train_emotion_head(corpus, SUBSET_SETTINGS)
 
 
+@pytest.mark.slow
 def test_head_beats_the_training_prior_on_val(corpus, trained):
     head, report = trained
     val = EmotionSplit.of(corpus, "val")
@@ -45,6 +46,7 @@ def test_head_beats_the_training_prior_on_val(corpus, trained):
     assert "test" not in report  # selection never looks at test
 
 
+@pytest.mark.slow
 def test_training_is_reproducible(corpus, trained):
     head, _ = trained
     again, _ = train_emotion_head(corpus, SUBSET_SETTINGS)
@@ -52,6 +54,7 @@ def test_training_is_reproducible(corpus, trained):
     np.testing.assert_array_equal(head.predict(x), again.predict(x))
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_gives_identical_predictions(corpus, trained, model_dir, tmp_path):
     head, report = trained
     folder = tmp_path / "model"
@@ -73,6 +76,7 @@ def test_save_load_round_trip_gives_identical_predictions(corpus, trained, model
     Captioner.load(folder)  # the decoder still loads from the folder
 
 
+@pytest.mark.slow
 def test_damaged_head_files_are_one_line_errors(trained, model_dir, tmp_path):
     head, report = trained
     folder = tmp_path / "model"
@@ -92,6 +96,7 @@ def test_damaged_head_files_are_one_line_errors(trained, model_dir, tmp_path):
         load_emotion_head(folder)
 
 
+@pytest.mark.slow
 def test_wrong_feature_dim_is_one_line_error(trained):
     head, _ = trained
     with pytest.raises(ArtcapError, match=r"features of shape \(3, 7\), expected \[n, 1280\]") as e:
@@ -132,6 +137,7 @@ def test_scores_on_hand_checkable_cases():
         score_emotion_classifier(np.ones((2, 9)) / 9, counts)
 
 
+@pytest.mark.slow
 def test_a_corpus_without_emotions_is_refused(corpus):
     from dataclasses import replace
 
