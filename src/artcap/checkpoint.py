@@ -110,10 +110,6 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                           f"safetensors — re-copy the model folder or retrain") from None
 
 
-def read_encoder_state(path: str | Path) -> dict[str, torch.Tensor]:
-    return _read_safetensors(Path(path) / "encoder.safetensors")
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save({"checkpoint_version": CHECKPOINT_VERSION, "artcap_version": __version__, **state}, buffer)

@@ -54,15 +54,19 @@ def feature_spec(config: TrainConfig) -> FeatureSpec:
 
 def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",
                 progress: bool = True, annotations: list[Annotation] | None = None,
-                spec: FeatureSpec | None = None) -> Corpus:
-    """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features."""
+                spec: FeatureSpec | None = None, backend: str = "auto") -> Corpus:
+    """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features
+    (`backend` runs the image network: onnx_backend.create_runner)."""
     if not config.data or not config.images:
         raise ArtcapError("no data given: set `data` (CSV) and `images` (folder) in the config or with --set")
     if annotations is None:
         annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
     data = prepare(annotations, config.preset, splits, seed=config.split_seed)
-    encoder = EncoderSpec.from_train_config(config).create()
-    cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder.to(device), spec or feature_spec(config))
+    from .onnx_backend import create_runner
+
+    encoder = EncoderSpec.from_train_config(config).create().to(device)
+    cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder, spec or feature_spec(config),
+                         runner=create_runner(encoder, backend, torch.device(device)))
     ids = sorted(data.paths)
     failures = cache.extract([data.paths[i] for i in ids], batch_size=config.feature_batch_size,
                              num_workers=config.num_workers, progress=progress)

@@ -162,17 +162,15 @@ class EncoderSpec:
     def to_dict(self) -> dict:
         return {"name": self.name, "weights": self.weights, "image_size": self.image_size}
 
-    def create(self, model_dir: str | Path | None = None) -> "Encoder":
-        """Build it; "file" weights come from `weights_path` or the model folder's encoder.safetensors."""
+    def weights_argument(self, model_dir: str | Path | None = None) -> str:
+        """What `create_encoder(weights=...)` takes: "imagenet", "random", or the state dict file ("file":
+        `weights_path` while training, else the model folder's encoder.safetensors)."""
         if self.weights != "file":
-            return create_encoder(self.name, weights=self.weights, image_size=self.image_size)
-        if self.weights_path is not None:
-            return create_encoder(self.name, weights=self.weights_path, image_size=self.image_size)
-        from .checkpoint import read_encoder_state
+            return self.weights
+        return self.weights_path or str(Path(model_dir or ".") / "encoder.safetensors")
 
-        encoder = create_encoder(self.name, weights="random", image_size=self.image_size)
-        encoder.model.load_state_dict(read_encoder_state(model_dir))
-        return encoder
+    def create(self, model_dir: str | Path | None = None) -> "Encoder":
+        return create_encoder(self.name, weights=self.weights_argument(model_dir), image_size=self.image_size)
 
     def state_to_ship(self) -> dict[str, torch.Tensor] | None:
         """The weights a model folder must carry (only user-supplied ones)."""

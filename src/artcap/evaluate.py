@@ -36,6 +36,8 @@ from tqdm import tqdm
 from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
 from .captioner import Captioner
 from .checkpoint import read_splits
+from .encoders import EncoderSpec
+from .features import FeatureView
 from .config import TrainConfig
 from .data import read_annotations, references
 from .errors import ArtcapError
@@ -74,21 +76,28 @@ def _splits_for(model_path: Path) -> tuple[dict[str, list[str]] | None, str]:
     return None, ""
 
 
+def pooled_rows(features: FeatureView, rows: list[int], chunk: int = 256) -> np.ndarray:
+    """[n, C] pooled vectors of the given rows (a grid's mean is its pooled vector), read a chunk at a time."""
+    out = np.zeros((len(rows), features.dim), np.float32)
+    for s in range(0, len(rows), chunk):
+        block = features[np.asarray(rows[s : s + chunk], dtype=np.int64)]
+        out[s : s + chunk] = block if block.ndim == 2 else block.mean(axis=1)
+    return out
+
+
 def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Path, split: str,
-                        feature_cache: str = "", skip_missing: bool = False, progress: bool = True) -> EvaluationSet:
+                        feature_cache: str = "", skip_missing: bool = False, progress: bool = True,
+                        backend: str = "auto") -> EvaluationSet:
     """Read the data, reuse (or extract) cached features with the model's encoder, pick the split."""
     from .corpus import load_corpus
 
     if split not in SPLITS:
         raise ArtcapError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
     model_path = Path(captioner.config["path"])
-    enc = captioner.config["encoder"]
-    weights = enc.get("weights", "imagenet")
-    if weights == "file":
-        weights = str(model_path / "encoder.safetensors")
+    encoder = EncoderSpec.from_dict(captioner.config["encoder"])
     preset = captioner.config.get("preset", "paper")
-    config = TrainConfig(data=str(data), images=str(images), preset=preset, encoder=enc["name"],
-                         encoder_weights=weights, image_size=enc.get("image_size") or 0,
+    config = TrainConfig(data=str(data), images=str(images), preset=preset, encoder=encoder.name,
+                         encoder_weights=encoder.weights_argument(model_path), image_size=encoder.image_size or 0,
                          feature_cache=feature_cache, skip_missing=skip_missing, num_workers=0)
 
     annotations = read_annotations(data, images, skip_missing=skip_missing)  # read once, used for both
@@ -107,7 +116,8 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
                         data, DEFAULT_SPLIT_SEED)
         source = f"recreated with make_splits(seed={DEFAULT_SPLIT_SEED})"
     # Without splits, prepare() makes them exactly as training did (make_splits, seed 2021).
-    corpus = load_corpus(config, splits, device=captioner.device, progress=progress, annotations=annotations)
+    corpus = load_corpus(config, splits, device=captioner.device, progress=progress, annotations=annotations,
+                         spec=captioner.feature_spec, backend=backend)
     ids = corpus.data.split_ids(split)
     if not ids:
         raise ArtcapError(f"{data}: the '{split}' split has no paintings in this data; try --split all")
@@ -117,8 +127,7 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
         ids=ids,
         features=corpus.features[np.asarray([corpus.image_row[i] for i in ids])],
         references=refs,
-        train_features=corpus.features[np.asarray([corpus.image_row[i] for i in train_ids], dtype=np.int64)]
-        if train_ids else np.zeros((0, corpus.features.dim), np.float32),
+        train_features=pooled_rows(corpus.features, [corpus.image_row[i] for i in train_ids]),
         train_captions=[[" ".join(t) for t in corpus.data.captions[i]] for i in train_ids],
         train_references=references(corpus.annotations, preset, train_ids),
         split_source=source,
@@ -193,7 +202,7 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
              beam: int | None = None, max_len: int | None = None, with_meteor: bool = True,
              out_dir: str | Path | None = None, baselines: bool = False, no_repeat_ngram: int | None = None,
              length_alpha: float | None = None, feature_cache: str = "", skip_missing: bool = False,
-             progress: bool = True) -> dict:
+             progress: bool = True, backend: str = "auto") -> dict:
     """Caption the split with the model (default: the shipped one) and score it; with ``baselines``
     also the nearest-neighbour and constant baselines. Returns the scores dict (also written to
     ``out_dir``: predictions.json, scores.json, scores.md)."""
@@ -201,13 +210,13 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ArtcapError(f"--out {out_dir}: is a file; --out names a folder to write predictions.json, "
                           f"scores.json and scores.md into")
-    captioner = Captioner.load(model_or_run)
+    captioner = Captioner.load(model_or_run, backend=backend)
     decoding = captioner.resolve_decoding(beam=beam, max_len=max_len, no_repeat_ngram=no_repeat_ngram,
                                           length_alpha=length_alpha)
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
-    evalset = load_evaluation_set(captioner, data, images, split, feature_cache, skip_missing, progress)
+    evalset = load_evaluation_set(captioner, data, images, split, feature_cache, skip_missing, progress, backend)
 
     t0 = time.perf_counter()
     captions = {captioner.model_id: caption_all(captioner, evalset.features, progress=progress, decoding=decoding)}
@@ -218,7 +227,8 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
                               f"drop --baselines or evaluate on the model's own data")
         t0 = time.perf_counter()
         nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
-        captions[nn.name] = nn.caption_features(evalset.features)
+        captions[nn.name] = nn.caption_features(evalset.features if evalset.features.ndim == 2
+                                                else evalset.features.mean(axis=1))
         constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
                                                       evalset.train_references))
         captions[constant.name] = constant.caption_features(evalset.features)
@@ -339,7 +349,8 @@ def run_evaluate(args) -> int:
     result = evaluate(args.model, args.data, args.images, split=args.split, beam=args.beam, max_len=args.max_len,
                       with_meteor=not args.no_meteor, out_dir=args.out, baselines=args.baselines,
                       no_repeat_ngram=args.no_repeat_ngram, length_alpha=args.length_alpha,
-                      feature_cache=args.cache, skip_missing=args.skip_missing, progress=not quiet)
+                      feature_cache=args.cache, skip_missing=args.skip_missing, progress=not quiet,
+                      backend=args.backend)
     if args.format == "json":
         json.dump({k: v for k, v in result.items() if k != "table"}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -56,7 +56,7 @@ def return_freed_memory_to_the_os(threshold_bytes: int = 4 * 1024 * 1024) -> boo
 
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, *, threads: int | None = None,
-          **limits: Any) -> None:
+          backend: str = "auto", **limits: Any) -> None:
     """Load the model and serve the page and API with uvicorn until Ctrl-C. Binds localhost by
     default; `threads` sets torch's thread count; `limits` are ServerSettings fields
     (max_upload_bytes, max_pixels, ...)."""
@@ -69,7 +69,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, *
     set_torch_threads(threads)
     return_freed_memory_to_the_os()
     _check_port_free(host, port)
-    captioner = Captioner.load(model)
+    captioner = Captioner.load(model, backend=backend)
     app = create_app(captioner, settings)
     shown_host = f"[{host}]" if ":" in host else host
     print(f"artcap: serving model {captioner.model_id} at http://{shown_host}:{port}/ (API docs at /docs); Ctrl-C stops")
