@@ -222,3 +222,53 @@ def test_scst_on_the_tiny_run_reports_collapse_and_resumes_exactly(tiny_run, art
     again = json.loads((resumed / "history.json").read_text())
     assert [h["train_loss"] for h in again] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)
     assert [h["cider"] for h in again] == pytest.approx([h["cider"] for h in history], rel=1e-6)
+
+
+def test_the_human_leave_one_out_row_on_real_utterances(artemis_subset):
+    from artcap.data import read_annotations, references
+    from artcap.evaluate import HUMAN_MIN_UTTERANCES, human_leave_one_out
+
+    csv_path, images = artemis_subset
+    annotations = read_annotations(csv_path, images)
+    ids = sorted({a.image_id for a in annotations})[:60]
+    refs = references(annotations, "artemis", ids)
+    human = human_leave_one_out(ids, refs, with_meteor=False)
+    eligible = [i for i in ids if len(refs[i]) >= HUMAN_MIN_UTTERANCES]
+    assert human["paintings"] == len(eligible) >= 2 and human["utterance_indices"] == [0, 1, 2, 3, 4]
+    assert human["references_per_painting"] == pytest.approx(np.mean([len(refs[i]) - 1 for i in eligible]))
+    row = human["row"]
+    # People describe *their* painting: positive CIDEr-D and grounding, almost never the same sentence twice.
+    assert 0 < row["BLEU-4"] < 1 and row["CIDEr-D"] > 0 and row["grounding"] > 0
+    assert row["distinct"] > 0.9 and row["top caption share"] < 0.1 and row["copied"] is None
+    # Too few paintings with enough utterances: no row rather than a meaningless one.
+    assert human_leave_one_out(ids, refs, with_meteor=False, min_utterances=1000) is None
+
+
+@pytest.mark.slow
+def test_evaluate_reports_the_human_row_and_the_top_caption_share(tiny_run, artemis_subset, feature_cache_dir):
+    from artcap.evaluate import HUMAN_ROW, evaluate
+
+    csv_path, images = artemis_subset
+    result = evaluate(tiny_run, csv_path, images, split="test", with_meteor=False,
+                      feature_cache=str(feature_cache_dir), progress=False)
+    model = result["systems"][result["model"]]
+    assert 0 < model["top_caption_share"] <= 1
+    human = result["human_leave_one_out"]
+    assert human["paintings"] >= 2 and human["row"]["grounding"] > model["grounding"]
+    lines = result["table"].splitlines()
+    assert "top caption share |" in lines[0] and any(line.startswith(f"| {HUMAN_ROW} |") for line in lines)
+
+
+def test_the_sampler_draws_from_the_decoders_distribution():
+    decoder, _, loss_fn = _toy_decoder_and_batch("merge", 0)
+    decoder.eval()
+    vocab = loss_fn.vocab
+    features = torch.randn(1, 8).expand(20_000, 8)
+    torch.manual_seed(1)
+    first = sample_captions(decoder, features, None, vocab, max_len=1)[:, 0]
+    with torch.no_grad():
+        logits, _, _ = decoder.step(decoder.init_memory(features[:1]), torch.tensor([vocab.bos_id]), None)
+    logits[:, [vocab.pad_id, vocab.bos_id, vocab.unk_id]] = float("-inf")
+    expected = torch.softmax(logits[0], dim=-1)
+    observed = torch.bincount(first, minlength=len(vocab)).float() / len(first)
+    assert float((observed - expected).abs().max()) < 0.015 and observed[[0, 1, 3]].sum() == 0
