@@ -1,6 +1,7 @@
 """The image -> emotion head: trained on real ArtEmis features (the 300-painting subset), scored, saved, loaded."""
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,6 +16,12 @@ from conftest import tiny_config
 
 # The subset has 255 training paintings (4 batches an epoch): the default lr 1e-4 would barely leave the prior.
 SUBSET_SETTINGS = EmotionSettings(epochs=30, members=2, lr=1e-3)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +69,7 @@ def test_save_load_round_trip_gives_identical_predictions(corpus, trained, model
     assert load_emotion_head(folder) is None  # no emotion section yet
     decoder_config = json.loads((folder / "config.json").read_text())
     save_emotion_head(folder, head, report)
+    assert (folder / "emotion.safetensors").stat().st_mode & 0o777 == 0o666 & ~_umask()  # not 0600
     config = json.loads((folder / "config.json").read_text())
     assert {k: v for k, v in config.items() if k != "emotion"} == decoder_config  # the rest is untouched
     assert config["emotion"]["emotions"] == list(EMOTIONS)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ from torch import nn
 
 from .data import EMOTIONS, Annotation
 from .errors import ArtcapError
-from .io import atomic_path, atomic_write_json
+from .io import _UMASK, atomic_path, atomic_write_json
 
 NUM_EMOTIONS = len(EMOTIONS)
 HEAD_FILE = "emotion.safetensors"
@@ -412,6 +413,7 @@ def save_emotion_head(model_dir: str | Path, head: EmotionHead, report: dict[str
     config = _read_config(config_path)
     with atomic_path(model_dir / HEAD_FILE) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors re-creates the file as 0600
     config["emotion"] = {"file": HEAD_FILE, "emotions": list(EMOTIONS), "feature_dim": head.feature_dim,
                          "hidden_dim": head.hidden_dim, "members": head.members,
                          "training": {k: v for k, v in (report or {}).items() if k != "history"}}

@@ -31,7 +31,7 @@ from safetensors.numpy import load_file, save_file
 
 from .data import EMOTIONS, Annotation
 from .errors import ArtcapError
-from .io import atomic_path, atomic_write_json
+from .io import _UMASK, atomic_path, atomic_write_json
 from .text import tokenize
 
 log = logging.getLogger("artcap")
@@ -133,6 +133,7 @@ class TextEmotionClassifier:
                   **{f"idf_{n}": idf.astype(np.float32) for n, idf in enumerate(self.idfs)}}
         with atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+            os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors re-creates the file as 0600
         atomic_write_json(folder / VOCAB_FILE, {
             "format": FORMAT, "format_version": FORMAT_VERSION, "emotions": list(EMOTIONS),
             "settings": self.settings.key(), "vocabularies": self.vocabularies, "report": self.report})
