@@ -39,6 +39,7 @@ def browser(tmp_path_factory):
         "--window-size=1200,900", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations are logged to the console
     driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -63,6 +64,11 @@ def wait_until_done(browser) -> None:
     )
 
 
+def csp_violations(browser) -> list[str]:
+    """The console's Content-Security-Policy complaints since the last call (e.g. an inline style or script)."""
+    return [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
 def a_painting(shared_data: Path) -> Path:
     return sorted((shared_data / "artemis-mini" / "wikiart").glob("*/*.jpg"))[0]
 
@@ -83,6 +89,7 @@ def test_page_captions_a_dropped_painting(browser, base_url, shared_data):
     assert browser.execute_script("return arguments[0].naturalWidth", preview) > 0  # the painting is shown
     assert browser.find_element(By.ID, "image-input").get_attribute("id") == browser.find_element(
         By.CSS_SELECTOR, "label[for=image-input]").get_attribute("for")
+    assert csp_violations(browser) == []
     # A model without attention or emotions: the caption is plain text, no overlay, no chart, no grounding.
     assert browser.find_elements(By.CSS_SELECTOR, "#caption-beam button") == []
     for extra in ("attention-overlay", "attention-note", "emotions", "grounded-on"):
@@ -206,15 +213,22 @@ def test_caption_words_show_their_attention_on_hover_and_focus(sat_page):
     ActionChains(browser).move_to_element(browser.find_element(By.TAG_NAME, "h1")).perform()
     assert browser.execute_script(OVERLAY_PIXELS_JS) == 0 and not overlay.is_displayed()
 
-    # Keyboard: Tab reaches the words; each has a label saying where it looked.
-    browser.execute_script("arguments[0].focus()", words[0])
+    # Keyboard: the words take focus (they are buttons), each labelled with where it looked.
+    browser.execute_script("document.getElementById('image-input').focus()")
+    ActionChains(browser).send_keys(Keys.TAB).perform()  # from the file chooser, Tab reaches the first word
     assert browser.switch_to.active_element == words[0]
     assert browser.execute_script(OVERLAY_PIXELS_JS) > 1000
     assert re.fullmatch(rf"{re.escape(words[0].text)}: looked (mostly at the [a-z ]+|all over the painting)",
                         words[0].get_attribute("aria-label"))
     assert words[0].text in browser.find_element(By.ID, "attention-note").text
+    if len(words) > 1:
+        words[0].send_keys(Keys.ARROW_RIGHT)
+        assert browser.switch_to.active_element == words[1]
+        assert f"“{words[1].text}”" in overlay.get_attribute("aria-label")
+        words[1].send_keys(Keys.ARROW_LEFT)
     words[0].send_keys(Keys.ESCAPE)
     assert browser.execute_script(OVERLAY_PIXELS_JS) == 0
+    assert csp_violations(browser) == []  # the overlay is placed and drawn without inline styles
 
 
 def test_emotion_chart_shows_nine_emotions_and_steers_the_caption(sat_page):
@@ -250,3 +264,4 @@ def test_emotion_chart_shows_nine_emotions_and_steers_the_caption(sat_page):
     assert [p.get_attribute("data-emotion") for p in pressed] == [other]
     assert browser.find_element(By.ID, "preview").get_attribute("alt") == " ".join(
         w.text for w in browser.find_elements(By.CSS_SELECTOR, "#caption-beam button.word"))
+    assert csp_violations(browser) == []

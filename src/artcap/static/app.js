@@ -151,7 +151,7 @@ function showWords(newWords) {
     button.setAttribute("aria-label", `${entry.word}: looked ${whereItLooked(entry.attention)}`);
     beamCaption.append(button);
   });
-  attentionNote.textContent = "Point at or focus (Tab) a word of the caption to see where the model looked for it.";
+  attentionNote.textContent = "Point at a word of the caption, or focus it (Tab, then ← →), to see where the model looked for it.";
   attentionNote.hidden = false;
 }
 
@@ -166,8 +166,17 @@ beamCaption.addEventListener("pointerout", (event) => {
 });
 beamCaption.addEventListener("focusin", (event) => { focusedWord = wordIndex(event); drawAttention(); });
 beamCaption.addEventListener("focusout", () => { focusedWord = null; drawAttention(); });
+// Escape hides the map; the arrow keys step from word to word.
 beamCaption.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && focusedWord !== null) document.activeElement.blur();
+  if (focusedWord === null) return;
+  const buttons = beamCaption.querySelectorAll("button.word");
+  const step = { ArrowLeft: -1, ArrowRight: 1 }[event.key];
+  if (event.key === "Escape") {
+    document.activeElement.blur();
+  } else if (step && buttons[focusedWord + step]) {
+    event.preventDefault();
+    buttons[focusedWord + step].focus();
+  }
 });
 window.addEventListener("resize", () => drawAttention());
 preview.addEventListener("load", () => drawAttention());
