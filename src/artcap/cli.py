@@ -269,7 +269,7 @@ def run_features(args) -> int:
 
 def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a captioner (resumable; torchrun for data-parallel)",
-                       description="Train the merge decoder. Writes a run folder (config, splits, vocabulary, "
+                       description="Train a captioner (the decoder named by the config: merge or sat). Writes a run folder (config, splits, vocabulary, "
                                    "history, checkpoint, best model). --resume continues an interrupted run.")
     _add_config_args(p)
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -305,7 +305,8 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--model", default=None, help="model folder (default: the model shipped in the package)")
+    p.add_argument("--model", default=None, help="a shipped model's name, a model or run folder, or hf:OWNER/NAME[@REVISION] "
+                                                 "(default: the default shipped model)")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default 20)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})")

@@ -30,7 +30,7 @@ class TrainConfig:
     encoder: str = "efficientnet-lite0"  # xception | efficientnet-lite0 | efficientnet-lite2 | timm:<name>
     encoder_weights: str = "imagenet"  # imagenet | random | path to a state dict
     image_size: int = 0  # 0 = the encoder's default (paper: 128 for xception)
-    feature_cache: str = ""  # "" = $ARTCAP_CACHE or ~/.cache/artcap/features
+    feature_cache: str = ""  # "" = $ARTCAP_CACHE/features, else ~/.cache/artcap/features
     feature_batch_size: int = 16
     num_workers: int = 1  # image-decoding processes
     grid_size: int = 7  # attention decoders: features pooled to a grid_size x grid_size grid
@@ -40,6 +40,7 @@ class TrainConfig:
     hidden_dim: int = 256
     dropout: float = 0.5
     emotion_grounded: bool = False  # feed each caption's emotion to the decoder (ArtEmis' emotion-grounded speaker)
+    emotion_head: bool = False  # also train the image -> emotion classifier and ship it in the model folder
     # optimisation
     epochs: int = 10
     batch_size: int = 64  # captions per step (summed over processes)

@@ -25,7 +25,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_ca
 from .captioner import Captioner
 from .checkpoint import read_splits
 from .encoders import EncoderSpec
+from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
 from .config import TrainConfig
 from .data import read_annotations, references
@@ -67,6 +68,8 @@ class EvaluationSet:
     train_captions: list[list[str]]  # per training image, aligned with train_features
     train_references: dict[str, list[str]]
     split_source: str
+    annotations: list = field(default_factory=list)  # the data's rows, for the emotion measures
+    splits: dict = field(default_factory=dict)
 
 
 def _splits_for(model_path: Path) -> tuple[dict[str, list[str]] | None, str]:
@@ -131,6 +134,8 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
         train_captions=[[" ".join(t) for t in corpus.data.captions[i]] for i in train_ids],
         train_references=references(corpus.annotations, preset, train_ids),
         split_source=source,
+        annotations=corpus.annotations,
+        splits=corpus.data.splits,
     )
 
 
@@ -243,6 +248,12 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     t0 = time.perf_counter()
     human = human_leave_one_out(evalset.ids, evalset.references, with_meteor)
     seconds["human"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    emotion = emotion_evaluation(
+        captioner, evalset.annotations, evalset.splits, evalset.ids, evalset.features, captions,
+        lambda e: caption_all(captioner, evalset.features, progress=False, decoding=decoding, emotion=e),
+        Path(feature_cache) if feature_cache else None)
+    seconds["emotion"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
     result = {
@@ -265,6 +276,8 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
         result["constant_caption"] = captions["constant"][0]
     if human is not None:
         result["human_leave_one_out"] = human
+    if emotion is not None:
+        result["emotion"] = emotion
     result["table"] = scores_table(systems, human)
     if out_dir is not None:
         write_outputs(Path(out_dir), result, evalset, captions, systems)
@@ -310,6 +323,8 @@ def render_markdown(result: dict) -> str:
                       f"({h['references_per_painting']:.1f} on average), mean over j = 0..{len(h['utterance_indices']) - 1}."]
     if "constant_caption" in result:
         lines += ["", f"Constant baseline caption: \"{result['constant_caption']}\""]
+    if "emotion" in result:
+        lines += render_emotion_markdown(result["emotion"])
     first = result["systems"][result["model"]]["paper_bleu"]["first_20"]
     lines += ["", f"Paper BLEU-4 of the first {len(first)} paintings:", "", "| painting | BLEU-4 |", "|---|---:|"]
     lines += [f"| {image} | {score:.3f} |" for image, score in first.items()]

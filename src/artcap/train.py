@@ -129,15 +129,26 @@ def validation_scores(model: torch.nn.Module, corpus: Corpus, max_len: int, devi
     if len(ids) < 2:
         return {}
     rows = np.asarray([corpus.image_row[i] for i in ids])
+    emotions = _dominant_emotions(data, ids) if model.config.num_emotions > 0 else None
     was_training = model.training
     captions = []
     for s in range(0, len(ids), 128):
         features = torch.from_numpy(corpus.features[rows[s : s + 128]]).to(device)
-        captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len))
+        grounded_on = emotions[s : s + 128].to(device) if emotions is not None else None
+        captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len), emotions=grounded_on)
     model.train(was_training)
     references = {i: [" ".join(t) for t in data.captions[i]] for i in ids}
     predictions = dict(zip(ids, captions))
     return {**selection_scores(predictions, references), **collapse_scores(predictions)}
+
+
+def _dominant_emotions(data, ids: list[str]) -> torch.Tensor:
+    """Each painting's most frequent human emotion (ties: EMOTIONS order), as a grounded decoder's input."""
+    from collections import Counter
+
+    from .data import EMOTIONS
+
+    return torch.tensor([EMOTIONS.index(max(EMOTIONS, key=Counter(data.emotions[i]).__getitem__)) for i in ids])
 
 
 def _batch(table: CaptionTable, idx: np.ndarray, features: FeatureView, device: torch.device,
@@ -282,10 +293,31 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         from .plots import plot_losses
 
         plot_losses({run.name: state.history}, run / "loss.png")
+        if config.emotion_head:
+            add_emotion_head(config, corpus, run / "model", device, progress)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return run
+
+
+def add_emotion_head(config: TrainConfig, corpus: Corpus, model_dir: Path, device: torch.device,
+                     progress: bool) -> None:
+    """Train the image -> emotion classifier on the run's pooled features and ship it in the model folder."""
+    from .emotion import save_emotion_head, train_emotion_head
+    from .features import FeatureSpec
+    from .text_emotion import text_classifier_for
+
+    pooled = corpus
+    if len(corpus.features.row_shape) > 1:  # an attention decoder's grid: the head reads pooled vectors
+        pooled = load_corpus(config, corpus.data.splits, device, progress, annotations=corpus.annotations,
+                             spec=FeatureSpec("pooled"))
+    head, report = train_emotion_head(pooled)
+    save_emotion_head(model_dir, head, report)  # after the last export: that rewrites config.json
+    # The judge of emotional alignment travels with the model, so its scores do not depend on the installed sklearn.
+    text_classifier_for(corpus.annotations, corpus.data.splits).save(model_dir)
+    log.info("emotion head: val KL %.3f (prior %.3f)", report.get("val", {}).get("kl", math.nan),
+             report.get("val", {}).get("prior_kl", math.nan))
 
 
 def _check_splits(corpus: Corpus) -> None:
