@@ -272,3 +272,34 @@ def test_the_sampler_draws_from_the_decoders_distribution():
     expected = torch.softmax(logits[0], dim=-1)
     observed = torch.bincount(first, minlength=len(vocab)).float() / len(first)
     assert float((observed - expected).abs().max()) < 0.015 and observed[[0, 1, 3]].sum() == 0
+
+
+DDP_SCRIPT = """
+import os, socket, sys, torch, torch.distributed as dist
+sys.path.insert(0, sys.argv[1])
+from test_scst import _toy_decoder_and_batch
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+decoder, batch, loss_fn = _toy_decoder_and_batch("sat", 9)
+wrapped = torch.nn.parallel.DistributedDataParallel(decoder)
+loss, n = loss_fn(wrapped, batch)
+loss.backward()
+grads = [p.grad for p in decoder.parameters() if p.grad is not None]
+assert grads and all(bool(torch.isfinite(g).all()) for g in grads)
+print("ok", n, len(grads))
+dist.destroy_process_group()
+"""
+
+
+def test_scst_runs_through_a_distributed_data_parallel_wrapper():
+    """Under torchrun the loss gets the DDP wrapper: sampling must use the bare module, the gradient DDP's forward."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-c", DDP_SCRIPT, str(Path(__file__).parent)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    word, n, with_grad = done.stdout.split()
+    assert word == "ok" and int(n) == 12 and int(with_grad) > 0
