@@ -231,7 +231,7 @@ def test_caption_words_show_their_attention_on_hover_and_focus(sat_page):
     assert csp_violations(browser) == []  # the overlay is placed and drawn without inline styles
 
 
-def test_emotion_chart_shows_nine_emotions_and_steers_the_caption(sat_page):
+def test_emotion_chart_shows_nine_emotions_and_steers_the_caption(sat_page, sat_url):
     from selenium.webdriver.support.ui import WebDriverWait
     from selenium.webdriver.common.by import By
 
@@ -260,6 +260,8 @@ def test_emotion_chart_shows_nine_emotions_and_steers_the_caption(sat_page):
     wait_until_done(browser)
     assert browser.execute_script("return window.captionForms") == [{"emotion": other, "explain": "true"}]
     assert "auto" not in browser.find_element(By.ID, "grounded-on").text.lower()
+    urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert all(url.startswith(sat_url) for url in urls), urls  # words, maps and chart need nothing from elsewhere
     pressed = browser.find_elements(By.CSS_SELECTOR, "#emotion-chart [aria-pressed=true]")
     assert [p.get_attribute("data-emotion") for p in pressed] == [other]
     assert browser.find_element(By.ID, "preview").get_attribute("alt") == " ".join(
