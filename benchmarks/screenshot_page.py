@@ -23,11 +23,14 @@ from artcap.captioner import Captioner
 from artcap.server import create_app, serve_in_background
 
 ROOT = Path(__file__).resolve().parents[1]
-WINDOW = (1100, 980)
+# Fixed viewport sizes (CSS pixels, scale 1), so that screenshots retaken later compare; an attention model's page
+# is taller (the emotion chart).
+VIEWPORT = (1100, 840)
+ATTENTION_VIEWPORT = (1100, 980)
 CHROME_FLAGS = (
     "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    f"--window-size={WINDOW[0]},{WINDOW[1]}", "--hide-scrollbars", "--force-device-scale-factor=1",
+    "--hide-scrollbars", "--force-device-scale-factor=1",
 )
 
 
@@ -48,11 +51,15 @@ def main() -> None:
             tempfile.TemporaryDirectory(prefix="artcap-chromium-") as profile:
         options = webdriver.ChromeOptions()
         options.binary_location = "/usr/bin/chromium"
-        for flag in (*CHROME_FLAGS, f"--user-data-dir={profile}"):
+        width, height = ATTENTION_VIEWPORT if captioner.has_attention else VIEWPORT
+        for flag in (*CHROME_FLAGS, f"--window-size={width},{height + 200}", f"--user-data-dir={profile}"):
             options.add_argument(flag)
         service = webdriver.ChromeService(executable_path="/usr/bin/chromedriver")
         browser = webdriver.Chrome(service=service, options=options)
         try:
+            # The window's size includes the browser's own bars: set the page's viewport itself.
+            browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
             shown = caption_on_page(browser, url, args.image)
             if captioner.has_attention:
                 shown += f"; hovering {hover_word(browser, args.word)!r}"

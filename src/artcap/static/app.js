@@ -231,7 +231,8 @@ function paintingBox() {
 // Scaled up with smoothing, it becomes a soft map.
 function heatMap(grid) {
   const rows = grid.length, cols = grid[0].length;
-  const peak = Math.max(...grid.flat(), 1e-9);
+  // Scaled to the peak, but never below 3x the uniform share: a map spread evenly stays dim, not all "hot".
+  const peak = Math.max(...grid.flat(), 3 / (rows * cols));
   const small = document.createElement("canvas");
   small.width = cols;
   small.height = rows;
