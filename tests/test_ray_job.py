@@ -12,6 +12,7 @@ import pickle
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -137,13 +138,20 @@ def ray_address():
 @pytest.fixture(scope="module")
 def collection(shared_data, tmp_path_factory):
     """20 real paintings and a corrupt file, with the single-process job's finished record file."""
+    import torch
+
     from artcap.captioner import Captioner
     from artcap.collection import caption_collection
 
     root = tmp_path_factory.mktemp("ray")
     folder = make_folder(root / "collection", paintings(shared_data, 20))
     reference = root / "single.jsonl"
-    caption_collection(Captioner.load(None, backend="torch"), [folder], reference, recursive=True, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor runs (0.5 CPU each); on a loaded machine also the fastest
+    try:
+        caption_collection(Captioner.load(None, backend="torch"), [folder], reference, recursive=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     return folder, reference
 
 
@@ -189,7 +197,7 @@ def test_a_failed_image_fixed_is_retried_through_ray_and_only_it(collection, ray
 
 
 @pytest.mark.slow
-def test_a_driver_killed_mid_job_resumes_with_no_duplicates(collection, ray_address, tmp_path):
+def test_a_ray_driver_killed_mid_job_resumes_with_no_duplicates(collection, ray_address, tmp_path):
     folder, reference = collection
     out = tmp_path / "killed.jsonl"
     script = textwrap.dedent(f"""
@@ -214,10 +222,30 @@ def test_a_driver_killed_mid_job_resumes_with_no_duplicates(collection, ray_addr
     before = [json.loads(line)["path"] for line in out.read_text(encoding="utf-8").splitlines()]
     assert 3 <= len(before) < 21, "the job was not killed mid-run"
 
-    summary = _ray_job(folder, out, ray_address, num_actors=2, images_per_task=3)
+    # resumed by the single-process job: a Ray job's file is an ordinary record file
+    from artcap.captioner import Captioner
+    from artcap.collection import caption_collection
+
+    summary = caption_collection(Captioner.load(None, backend="torch"), [folder], out, recursive=True, progress=False)
 
     records = without_time(out)
     assert len({r["path"] for r in records}) == len(records) == 21  # nothing twice, nothing lost
     assert records == without_time(reference)  # the file an uninterrupted single-process job writes
     assert summary.skipped == len(before) - ("broken.jpg" in before)  # an error record is tried again
     assert summary.captioned == 21 - summary.skipped
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_and_nothing_is_written(model_dir, tmp_path):
+    pytest.importorskip("ray")
+    from artcap.ray_job import caption_collection_ray
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out" / "captions.jsonl"
+    started = time.monotonic()
+    with pytest.raises(ArtcapError, match=f"--ray 127.0.0.1:{port}: no Ray cluster answers there") as e:
+        caption_collection_ray(model_dir, [tmp_path], out, RayOptions(f"127.0.0.1:{port}"), progress=False)
+    assert "\n" not in str(e.value) and "ray start --head" in str(e.value)
+    assert time.monotonic() - started < 30  # Ray alone retries for minutes
+    assert not out.parent.exists()

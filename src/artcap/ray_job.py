@@ -28,7 +28,9 @@ import logging
 import math
 import os
 import pickle
+import re
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,15 +178,16 @@ class RayEngine:
     def _run(self, ray, paths: list[Path], decoding: DecodingConfig, emotion: str | None) -> Iterator[CaptionResult]:
         cluster_cpus = float(ray.cluster_resources().get("CPU", 1))
         node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-        num_actors = self.options.num_actors or default_num_actors(cluster_cpus)
+        # One block per actor call (up to a limit): a single block would go to a single actor. No more
+        # actors than blocks: a resume with a few images left does not start a whole pool.
+        blocks = min(MAX_BLOCKS, math.ceil(len(paths) / self.options.images_per_task))
+        num_actors = min(blocks, self.options.num_actors or default_num_actors(cluster_cpus))
         cpus = actor_cpus(cluster_cpus, node_cpus, num_actors)
         log.info("Ray: %d actors at %.2f CPU each (cluster: %g CPUs)", num_actors, cpus, cluster_cpus)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts written records
         if hasattr(context, "print_on_execution_start"):
             context.print_on_execution_start = False
-        # One block per actor call (up to a limit): a single block would go to a single actor.
-        blocks = min(MAX_BLOCKS, math.ceil(len(paths) / self.options.images_per_task))
         dataset = ray.data.from_items([{"index": i, "path": str(p)} for i, p in enumerate(paths)],
                                       override_num_blocks=blocks)
         captioned = dataset.map_batches(
@@ -226,22 +229,42 @@ def _connect(ray, address: str) -> bool:
     is shut down at the end. A process already connected (a test, a notebook) keeps its connection."""
     if ray.is_initialized():
         return False
-    # The C++ core logs Ray Data's internal warnings to the driver's stderr; errors still raise.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    # The driver's C++ core would log Ray Data's internal warnings to stderr (read once, at init);
+    # errors still raise. A level the user set is kept.
+    quiet = "RAY_BACKEND_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["RAY_BACKEND_LOG_LEVEL"] = "fatal"
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     except (ConnectionError, ValueError, RuntimeError) as e:
         raise ArtcapError(f"--ray {address}: cannot start or join Ray ({_gist(e)}); for a cluster, run "
                           f"'ray start --head' on its head node and pass its address (host:6379)") from None
+    finally:
+        if quiet:
+            del os.environ["RAY_BACKEND_LOG_LEVEL"]
+    # Ray Data logs a failed actor's traceback before raising it; the driver says it in one line.
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A cluster's host:port (or ray://host:port) must answer within `timeout` seconds: Ray itself
+    retries an unreachable address for minutes, logging warnings."""
+    match = re.fullmatch(r"(?:ray://)?\[?([^\]]+?)\]?:(\d+)", address)
+    if address == LOCAL or match is None:  # "local", "auto": Ray finds (or refuses) them at once
+        return
+    try:
+        socket.create_connection((match.group(1), int(match.group(2))), timeout=timeout).close()
+    except OSError as e:
+        raise ArtcapError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e}); start one with "
+                          f"'ray start --head' and pass the address it prints, or use --ray local") from None
 
 
 def _gist(error: BaseException) -> str:
     """An exception's last non-blank line: for an error raised in an actor, the error itself."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    return re.sub(r"^[\w.]+(Error|Exception): ", "", lines[-1]) if lines else type(error).__name__
 
 
 # ---- a whole collection -----------------------------------------------------------------------------
@@ -252,6 +275,7 @@ def caption_collection_ray(model: str | Path | None, inputs: Sequence[str | Path
     `model` is a model spec (Captioner.load's), `job` caption_collection's keywords (recursive,
     beam, max_len, decoding, emotion, metadata, progress). Raises ArtcapError when Ray is missing."""
     require_ray()  # before the model loads: a missing Ray is the first thing said
+    check_reachable(options.address)
     from .captioner import Captioner
 
     # The driver's model names the job (its id, the decoding) and never sees an image: torch loads
