@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from artcap.collection import RECORD_FIELDS, JobIdentity, RecordFile, manifest_path
+from artcap.data import EMOTIONS
 from artcap.decode import DecodingConfig
 from artcap.errors import ArtcapError
 
@@ -29,7 +30,10 @@ def records(draw) -> list[dict]:
     rows = []
     for _ in range(draw(st.integers(1, 6))):
         failed = draw(st.booleans())
-        rows.append({"path": draw(text), "caption": None if failed else draw(text), **IDENTITY.to_dict(),
+        scores = draw(st.lists(st.floats(0, 1), min_size=9, max_size=9))
+        rows.append({"path": draw(text), "caption": None if failed else draw(text),
+                     "emotion": None if failed else draw(st.sampled_from(EMOTIONS)),
+                     "emotion_scores": None if failed else dict(zip(EMOTIONS, scores)), **IDENTITY.to_dict(),
                      "time": "2024-01-01T00:00:00+00:00", "error": draw(text) if failed else None})
     return rows
 

@@ -384,7 +384,9 @@ class RecordFile:
             except ValueError:
                 return None
         for key, like in self.job.items():  # the job's settings have the types they had in JSON
-            if record[key] is not None and not isinstance(like, str):
+            if isinstance(like, str):
+                record[key] = record[key] or ""  # CSV cannot tell "" from a missing value; the job's are strings
+            elif record[key] is not None:
                 try:
                     record[key] = type(like)(record[key])
                 except ValueError:

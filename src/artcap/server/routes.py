@@ -228,9 +228,12 @@ def _add_caption_route(app: FastAPI, service: CaptionService) -> None:
         response_model=CaptionResponse,
         summary="Caption one painting",
         description=(
-            "multipart/form-data with field `image`; optional `beam` and `max_len`, as form fields (which win) or "
-            "query parameters. Omitted, they are the model's defaults (see `default_decoding` in /v1/limits). "
-            "`captions.greedy` is always the beam-1 caption; `captions.beam` is present when the beam used is > 1."
+            "multipart/form-data with field `image`; optional `beam`, `max_len`, `emotion` and `explain`, as form "
+            "fields (which win) or query parameters. Omitted, beam and max_len are the model's defaults (see "
+            "`default_decoding` in /v1/limits). `emotion` (models with `grounded` in /v1/limits): one of the 9 "
+            "emotions or auto (the default: the emotion classifier's choice). `explain=true` (models with "
+            "`attention`): the answer's `words` carry each word's attention map. `captions.greedy` is always the "
+            "beam-1 caption; `captions.beam` is present when the beam used is > 1."
         ),
         responses=_error_responses(settings),
         openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _form_schema(settings)}}}},
