@@ -249,3 +249,12 @@ def test_an_address_where_no_cluster_answers_is_one_line_and_nothing_is_written(
     assert "\n" not in str(e.value) and "ray start --head" in str(e.value)
     assert time.monotonic() - started < 30  # Ray alone retries for minutes
     assert not out.parent.exists()
+
+
+def test_the_ray_flags_are_checked_in_one_line(tmp_path, capsys):
+    from artcap.cli import main
+
+    assert main(["caption", str(tmp_path), "--ray"]) == 2
+    assert "--ray writes a record file: add --out" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path), "--out", str(tmp_path / "x.jsonl"), "--num-actors", "2"]) == 2
+    assert "--num-actors needs --ray" in capsys.readouterr().err

@@ -59,6 +59,11 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--embed", action="store_true",
                    help="write the caption into the image files themselves with exiftool (keeps NAME_original)")
     p.add_argument("--embed-no-backup", action="store_true", help="with --embed: keep no NAME_original backups")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="caption on Ray (pip install 'artcap[ray]'), with --out: alone or 'local' starts Ray on this "
+                        "machine; ADDRESS (host:6379, ray://host:10001, auto) joins a cluster. Put it after the inputs")
+    p.add_argument("--num-actors", type=int, default=None, metavar="N",
+                   help="with --ray: captioning actors, each loading the model once (default: the cluster's CPUs less one)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per model call (default: {DEFAULT_BATCH_SIZE}, fastest on a 2-core CPU)")
     p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
@@ -73,6 +78,8 @@ def run_caption(args) -> int:
 
     _check_caption_args(args)
     metadata = _metadata_writer(args)
+    if args.ray is not None:
+        return _caption_on_ray(args, metadata)
     captioner = Captioner.load(args.model, backend=args.backend)
     if args.explain is not None and not captioner.has_attention:
         raise ArtcapError(f"--explain: model {captioner.model_id} ({captioner.decoder.kind} decoder) has no attention "
@@ -83,6 +90,21 @@ def run_caption(args) -> int:
                                  batch_size=args.batch_size, num_workers=args.num_workers, beam=args.beam,
                                  max_len=args.max_len, emotion=args.emotion, metadata=metadata,
                                  progress=not args.quiet)
+    return _summarise(summary)
+
+
+def _caption_on_ray(args, metadata) -> int:
+    from .ray_job import RayOptions, caption_collection_ray
+
+    if args.out is None:
+        raise ArtcapError("--ray writes a record file: add --out FILE (.jsonl or .csv)")
+    options = RayOptions(args.ray, args.num_actors, backend=args.backend, batch_size=args.batch_size)
+    return _summarise(caption_collection_ray(args.model, args.inputs, args.out, options, recursive=args.recursive,
+                                             beam=args.beam, max_len=args.max_len, emotion=args.emotion,
+                                             metadata=metadata, progress=not args.quiet))
+
+
+def _summarise(summary) -> int:
     log.info("%s: %d images (%d captioned now at %.1f images/s, %d retried, %d already there)", summary.out,
              summary.total, summary.captioned, summary.images_per_second, summary.retried, summary.skipped)
     return _report_failures(summary.errors, summary.total + summary.unusable_inputs)
@@ -102,6 +124,8 @@ def _check_caption_args(args) -> None:
         raise ArtcapError("--embed-no-backup needs --embed")
     if args.explain is not None and args.out is not None:
         raise ArtcapError("--explain writes pictures for the images you name; use it without --out")
+    if args.num_actors is not None and (args.ray is None or args.num_actors < 1):
+        raise ArtcapError("--num-actors needs --ray and must be 1 or more")
 
 
 def _metadata_writer(args):
