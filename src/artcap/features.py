@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -105,12 +105,18 @@ class FeatureSpec:
 
 @dataclass
 class FeatureView:
-    """Rows of several memory-mapped shards, addressed by position in the requested path list;
-    rows come back as float32 whatever the shards store."""
+    """Rows of several shards, addressed by position in the requested path list; rows come back as float32
+    whatever the shards store.
 
-    shards: list[np.ndarray | None]  # None: a shard no requested row lives in (never opened)
+    Rows are read with positioned reads (os.preadv), not through the shards' memory maps: every page a
+    process touches through a map counts in its resident memory until the map goes, so one epoch of
+    random batches over the full ArtEmis grid (10 GB) would hold all of it. Read pages stay in the OS page
+    cache instead, which the kernel shares and frees as it needs (benchmarks/bench_scale.py measures this)."""
+
+    shards: list[np.ndarray | None]  # memory-mapped .npy shards (their shape, dtype, file, offset); None: unused
     locations: np.ndarray  # [N, 2]: (shard, row) per requested path
     row_shape: tuple[int, ...]  # [C] or [g*g, C]
+    _files: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # shard -> open file
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -122,12 +128,39 @@ class FeatureView:
     def __getitem__(self, idx) -> np.ndarray:
         loc = self.locations[idx]
         if loc.ndim == 1:
-            return np.asarray(self.shards[loc[0]][loc[1]], dtype=np.float32)
+            return np.asarray(self._rows(int(loc[0]), loc[1:])[0], dtype=np.float32)
         out = np.empty((len(loc), *self.row_shape), np.float32)
         for shard in np.unique(loc[:, 0]):
             mask = loc[:, 0] == shard
-            out[mask] = self.shards[shard][loc[mask, 1]]
+            out[mask] = self._rows(int(shard), loc[mask, 1])
         return out
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # open files stay with the process that opened them
+
+    def _rows(self, shard: int, rows: np.ndarray) -> np.ndarray:
+        """Rows of one shard in its stored dtype: each run of consecutive rows is one read."""
+        array = self.shards[shard]
+        if getattr(array, "filename", None) is None or not hasattr(os, "preadv"):
+            return array[rows]  # in memory (an array, an unpickled memmap), or no positioned reads here
+        unique, inverse = np.unique(rows, return_inverse=True)
+        out = np.empty((len(unique), *array.shape[1:]), array.dtype)
+        row_bytes = out.itemsize * int(np.prod(array.shape[1:], dtype=np.int64))
+        starts = np.flatnonzero(np.diff(unique, prepend=-2) != 1)
+        for start, stop in zip(starts, [*starts[1:], len(unique)]):
+            self._read_into(shard, out[start:stop], array.offset + int(unique[start]) * row_bytes)
+        return out[inverse]
+
+    def _read_into(self, shard: int, target: np.ndarray, offset: int) -> None:
+        if shard not in self._files:
+            self._files[shard] = open(self.shards[shard].filename, "rb", buffering=0)
+        buffer, done = memoryview(target.reshape(-1).view(np.uint8)), 0
+        while done < len(buffer):
+            got = os.preadv(self._files[shard].fileno(), [buffer[done:]], offset + done)
+            if got == 0:
+                raise ArtcapError(f"{self.shards[shard].filename}: feature shard shorter than its index says (changed "
+                                  f"while in use?); delete it to have its images re-extracted")
+            done += got
 
 
 class FeatureCache:
