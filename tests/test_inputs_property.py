@@ -222,9 +222,12 @@ def annotation_files(draw):
 def test_annotation_files_give_the_right_rows_or_one_error_naming_the_row(
         tmp_path_factory, file, quoting, newline, bom, blank_lines):
     header, records, flickr, dropped = file
-    # Python < 3.12's writer quotes a field holding "\n" only when "\n" is in the line terminator:
-    # that file really is broken (a stray line break), not what this test is about.
-    assume(not (quoting == csv.QUOTE_MINIMAL and newline == "\r"))
+    # Python < 3.12's writer quotes a field holding a line break only when that character is in the line
+    # terminator ("\n" with "\r" endings, "\r" with "\n" endings): such a file really is broken (a stray line
+    # break), not what this test is about.
+    unquoted_breaks = {"\r": "\n", "\n": "\r", "\r\n": ""}[newline]
+    assume(not (quoting == csv.QUOTE_MINIMAL and unquoted_breaks
+                and any(ch in value for record in records for value in record for ch in unquoted_breaks)))
     root = tmp_path_factory.mktemp("csv")
     images = root / "images"
     for style in STYLES:
