@@ -254,7 +254,7 @@ def main() -> None:
 
     captioner.caption(paths[:2])  # warm-up (first call allocates)
     print(f"latency, one image (median of 20, model's decoding): {latency_ms(captioner, paths[0]):.1f} ms")
-    default_beam = int(captioner.config.get("decoding", {}).get("beam", 1))
+    default_beam = captioner.decoding.beam
     for beam in sorted({default_beam, 1}, reverse=True):
         name = f"beam {beam}" + (" (model's default)" if beam == default_beam else "")
         # best of 3: a shared machine's noise only ever slows a run down

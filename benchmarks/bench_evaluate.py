@@ -40,7 +40,7 @@ def main() -> None:
     refs = {i: evalset.references[i] for i in ids}
     training = [c for cs in evalset.train_captions for c in cs]
     per_k = 1000 / len(ids)
-    beam = captioner.config.get("decoding", {}).get("beam", 1)
+    beam = captioner.decoding.beam
     print(f"{len(ids)} paintings of artemis-mini, {sum(len(r) for r in refs.values()) / len(ids):.1f} references "
           f"each, model {captioner.model_id}; seconds per 1,000 paintings:")
 

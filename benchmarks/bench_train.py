@@ -65,7 +65,8 @@ def main() -> None:
                 feats.append(rows[i])
         prefixes, targets = torch.stack(prefixes), torch.stack(targets)
         text, _ = model.lstm(model.text_dropout(model.embed(prefixes)))
-        logits = model._logits(model.encode_image(torch.from_numpy(corpus.features[np.array(feats)])), text[:, -1])
+        image = model.init_memory(torch.from_numpy(corpus.features[np.array(feats)]))[0]
+        logits = model._logits(image, text[:, -1])
         loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad()
         loss.backward()

@@ -23,7 +23,7 @@ def test_captions_held_out_paintings_with_real_words(captioner, shared_data):
     vocab = set(captioner.vocab.words[4:])
     for caption in captions:
         words = caption.split()
-        assert 3 <= len(words) <= captioner.max_len
+        assert 3 <= len(words) <= captioner.decoding.max_len
         assert set(words) <= vocab and re.fullmatch(r"[a-z0-9' ]+", caption)
     assert len(set(captions)) >= 3, captions  # not one generic sentence for every painting
 
