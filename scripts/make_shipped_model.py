@@ -31,9 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "src" / "artcap" / "models"
 CACHE = ROOT / "runs" / "shipped-cache"  # shared by the recipes: an image is encoded once per encoder and size
 RECIPES = {  # name -> (training stages, one-line summary for `artcap models`)
-    "default": (["configs/merge-xe.toml", "configs/default-scst.toml"],
-                "the best on val: merge decoder, cross-entropy then self-critical training (CIDEr-D with the "
-                "grounding reward), with the emotion classifiers"),
+    "default": (["configs/default.toml"],
+                "the best on val: the report's merge decoder, cross-entropy, beam 5, with the emotion classifiers"),
     "sat": (["configs/sat.toml"],
             "Show, Attend and Tell, emotion-grounded, with attention maps (--explain) and the emotion classifiers"),
     "paper": (["configs/paper.toml"],

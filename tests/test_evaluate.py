@@ -60,15 +60,12 @@ def test_an_empty_prediction_is_scored_zero_not_a_crash():
 @pytest.mark.slow
 def test_cli_prints_json_and_refuses_a_split_the_data_does_not_have(tiny_run, artemis_subset, feature_cache_dir,
                                                                      tmp_path, capsys):
-    import argparse
+    from artcap.cli import build_parser
 
     csv_path, images = artemis_subset
-    parser = argparse.ArgumentParser()
-    add_evaluate_parser(parser.add_subparsers())
-    args = parser.parse_args(["evaluate", str(tiny_run), "--data", str(csv_path), "--images", str(images),
+    args = build_parser().parse_args(["evaluate", str(tiny_run), "--data", str(csv_path), "--images", str(images),
                               "--split", "val", "--beam", "2", "--max-len", "6", "--no-meteor", "--format", "json",
-                              "--cache", str(feature_cache_dir)])
-    args.quiet = True
+                              "--cache", str(feature_cache_dir), "-q"])
     assert args.func(args) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["split"] == "val" and printed["decoding"]["beam"] == 2 and printed["decoding"]["max_len"] == 6

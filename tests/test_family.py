@@ -63,7 +63,7 @@ def test_json_records_carry_attention_maps_and_emotions(sat_run, paintings, caps
             grid = np.asarray(word["attention"])
             assert grid.shape == (7, 7) and grid.sum() == pytest.approx(1.0, abs=1e-3)
         assert record["emotion"] in EMOTIONS  # auto: the classifier's choice
-        assert sum(record["emotion_scores"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert sum(record["emotion_scores"].values()) == pytest.approx(1.0, abs=1e-3)  # 4 decimals each
         assert list(record["emotion_scores"]) == list(EMOTIONS)
 
 
@@ -106,7 +106,7 @@ def test_emotion_names_and_ungrounded_models_fail_in_one_line(sat_run, paintings
 def test_python_emotions_and_steering_change_the_caption(sat_run, paintings):
     captioner = Captioner.load(sat_run)
     scores = captioner.emotions(paintings)
-    assert len(scores) == 3 and all(sum(s.values()) == pytest.approx(1.0) for s in scores)
+    assert len(scores) == 3 and all(sum(s.values()) == pytest.approx(1.0, abs=1e-3) for s in scores)
     # The emotion asked for changes what the decoder would say next (a 2-epoch model's argmax may not move yet).
     import torch
 

@@ -145,8 +145,7 @@ class Captioner:
             images = image_list(images)
             if not images:
                 return []
-        scores = self.emotion_scores_features(self.encode(images))
-        return [dict(zip(EMOTIONS, map(float, row))) for row in scores]
+        return [_rounded_scores(row) for row in self.emotion_scores_features(self.encode(images))]
 
     def _grounding(self, emotion: str | Sequence[str] | None, batch: int,
                    scores: np.ndarray | None) -> list[str] | None:
@@ -192,7 +191,7 @@ class Captioner:
         captions = generate(self.decoder, features, self.vocab, decoding, emotions=ids, with_attention=True)
         return [Description(c.text, c.words, c.attention if with_attention else None,
                             grounded_on[i] if grounded_on else None,
-                            dict(zip(EMOTIONS, map(float, scores[i]))) if scores is not None else None)
+                            _rounded_scores(scores[i]) if scores is not None else None)
                 for i, c in enumerate(captions)]
 
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
@@ -243,6 +242,12 @@ class Description:
         if self.attention is None:
             return None
         return self.attention.reshape(len(self.words), grid_size, grid_size).round(5).tolist()
+
+
+def _rounded_scores(row: np.ndarray) -> dict[str, float]:
+    """{emotion: probability} to 4 decimals: the last digits depend on how images were batched, and a resumed
+    folder job must write the same records as an uninterrupted one."""
+    return {e: round(float(p), 4) for e, p in zip(EMOTIONS, row)}
 
 
 def emotion_name(text: str) -> str:
