@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from artcap.evaluate import add_evaluate_parser, evaluate, score_system
+from artcap.evaluate import evaluate, score_system
 from artcap.errors import ArtcapError
 from artcap.metrics import COCO_KEYS, java_available
 

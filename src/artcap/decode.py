@@ -14,7 +14,7 @@ banned, so a caption can always end.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ArtcapError
+from .errors import ArtcapError, check_known_keys
 from .text import Vocabulary
 
 NEG_INF = float("-inf")
@@ -76,11 +76,7 @@ class DecodingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> "DecodingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ArtcapError(f"{source}: unknown decoding setting(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(known))}")
+        check_known_keys(cls, values, source, "decoding")
         return cls(**values)
 
 

@@ -35,7 +35,7 @@ prefix up to t, so the per-token loss is the same, at a fraction of the cost.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Literal, Protocol, Sequence
 
 import torch
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import EMOTIONS
-from .errors import ArtcapError
+from .errors import ArtcapError, check_known_keys
 
 __all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "EmotionNet", "MergeDecoder", "caption_loss", "create_decoder",
            "decoder_kinds", "emotion_ids", "register_decoder"]
@@ -86,11 +86,7 @@ class DecoderConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> "DecoderConfig":
         """From a saved config; older configs lack the newer fields and get their defaults ("merge")."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ArtcapError(f"{source}: unknown decoder setting(s) {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(known))}")
+        check_known_keys(cls, values, source, "decoder")
         return cls(**values)
 
 

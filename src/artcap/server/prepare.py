@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import ExifTags, Image
 
-from artcap.images import ACCEPTED_FORMATS_TEXT, ImageLoadError, image_format, load_image
+from artcap.images import ImageLoadError, image_format, load_image
 from artcap.server.errors import ApiError
 
 if TYPE_CHECKING:
