@@ -18,7 +18,8 @@ from artcap.captioner import Description, emotion_name
 from artcap.data import EMOTIONS
 from artcap.server.batching import Ask, BatchingCaptioner
 from artcap.server.errors import ApiError, ErrorBody
-from artcap.server.prepare import ACCEPTED_FORMATS, ACCEPTED_FORMATS_TEXT, PreparedImage, prepare_image
+from artcap.images import ACCEPTED_FORMATS_TEXT
+from artcap.server.prepare import ACCEPTED_FORMATS, PreparedImage, prepare_image
 from artcap.server.schemas import CaptionResponse, Captions, Health, ImageInfo, Limits, Word
 from artcap.server.settings import ServerSettings
 from artcap.server.upload import Upload, mib, read_multipart
