@@ -12,7 +12,6 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from artcap.decode import DecodingConfig
 from artcap.errors import ArtcapError
 from artcap.captioner import Description, emotion_name
 from artcap.data import EMOTIONS
