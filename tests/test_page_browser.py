@@ -1,5 +1,5 @@
 """The web page in real headless Chromium, against real servers on loopback: the shipped model (merge decoder, no
-attention, no emotions) and a tiny real SAT model, emotion-grounded, with an emotion head (trained here)."""
+attention, not grounded, with the emotion classifier) and a tiny real SAT model, emotion-grounded, with an emotion head (trained here)."""
 
 from __future__ import annotations
 
@@ -90,10 +90,13 @@ def test_page_captions_a_dropped_painting(browser, base_url, shared_data):
     assert browser.find_element(By.ID, "image-input").get_attribute("id") == browser.find_element(
         By.CSS_SELECTOR, "label[for=image-input]").get_attribute("for")
     assert csp_violations(browser) == []
-    # A model without attention or emotions: the caption is plain text, no overlay, no chart, no grounding.
+    # The default model has no attention and is not grounded, but has the emotion classifier: the caption is plain
+    # text with no overlay and no grounding line, and the emotion chart shows (read-only: nothing to steer).
     assert browser.find_elements(By.CSS_SELECTOR, "#caption-beam button") == []
-    for extra in ("attention-overlay", "attention-note", "emotions", "grounded-on"):
+    for extra in ("attention-overlay", "attention-note", "grounded-on"):
         assert not browser.find_element(By.ID, extra).is_displayed(), extra
+    assert browser.find_element(By.ID, "emotions").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#emotion-chart .emotion-bar")) == 9
 
 
 def test_page_shows_api_errors(browser, base_url, tmp_path):
