@@ -44,10 +44,15 @@ def free_port() -> int:
 def start_server(model: str | None, port: int) -> subprocess.Popen:
     code = f"from artcap.server import serve; serve({model!r}, host='127.0.0.1', port={port})"
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    return wait_until_healthy(process, port, 120, lambda: process.stderr.read().decode())
+
+
+def wait_until_healthy(process: subprocess.Popen, port: int, seconds: float, output) -> subprocess.Popen:
+    """Wait for the server's /healthz; exit with its last output (`output()`) if it dies or stays silent."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode}: {process.stderr.read().decode()[-2000:]}")
+            sys.exit(f"server exited with {process.returncode}: {output()[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
                 return process
@@ -55,7 +60,7 @@ def start_server(model: str | None, port: int) -> subprocess.Popen:
             pass
         time.sleep(0.2)
     process.kill()
-    sys.exit("server did not answer /healthz within 120 s")
+    sys.exit(f"server did not answer /healthz within {seconds:g} s")
 
 
 def run_clients(url: str, image: bytes, clients: int, seconds: float, beam: int) -> tuple[list[float], int, float]:

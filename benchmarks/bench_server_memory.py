@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+from bench_server import wait_until_healthy
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,18 +62,7 @@ def start_server(port: int, threads: int | None, serve_from: str, log: Path) -> 
     )
     with open(log, "wb") as log_file:  # a file, not a pipe: a full pipe would stall the server
         process = subprocess.Popen([sys.executable, "-c", code], stdout=log_file, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    sys.exit("server did not answer /healthz within 180 s")
+    return wait_until_healthy(process, port, 180, log.read_text)
 
 
 def status_kb(pid: int, field: str) -> int:
