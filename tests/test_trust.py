@@ -265,7 +265,8 @@ def test_a_full_disk_while_writing_the_cache_is_one_line_and_nothing_is_corrupte
     paths = some_paintings(shared_data, 8)
     csv_path, images = artemis_subset
     result = subprocess.run([*ARTCAP, "-q", "features", "--data", str(csv_path), "--images", str(images),
-                             "--cache", str(tmp_path), "--image-size", "128"], capture_output=True, text=True,
+                             "--cache", str(tmp_path), "--image-size", "128", "--backend", "torch"],
+                            capture_output=True, text=True,
                             timeout=600, preexec_fn=_file_size_limit(100_000))
     assert result.returncode == 2, result.stderr[-1500:]
     assert result.stderr.count("\n") == 1 and "free some space" in result.stderr, result.stderr

@@ -283,7 +283,8 @@ def run_features(args) -> int:
 
     config = _config_from_args(args)
     started = time.perf_counter()
-    corpus = load_corpus(config, device=config.device if config.device != "auto" else "cpu", backend=args.backend)
+    corpus = load_corpus(config, device=config.device if config.device != "auto" else "cpu", backend=args.backend,
+                         progress=not args.quiet)
     log.info("%d images' features ready in %s (%.1f s)", len(corpus.features),
              Path(config.feature_cache or "~/.cache/artcap/features"), time.perf_counter() - started)
     return 0
