@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from artcap.data import EMOTIONS as DATA_EMOTIONS
-from artcap.decode import STOP_WORDS, DecodingConfig, beam_search, generate, greedy_search
+from artcap.decode import STOP_WORDS, DecodingConfig, EmotionContrast, beam_search, generate, greedy_search
 from artcap.errors import ArtcapError
 from artcap.model import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
                           decoder_kinds, emotion_features, emotion_ids, register_decoder)
@@ -332,3 +332,56 @@ def test_the_shipped_merge_model_loads_through_the_registry(model_dir):
     decoder = create_decoder(config)
     decoder.load_state_dict(load_file(folder / "model.safetensors"))  # strict: same parameter names
     assert config.kind == "merge"
+
+
+@pytest.mark.parametrize("kind", GROUNDABLE)
+def test_the_direct_emotion_path_keeps_step_equal_to_forward_and_moves_words(kind):
+    """emotion_in_output: the emotion also reaches the word-choosing layer; step and forward still agree."""
+    model = make(kind, emotions=True, emotion_in_output=True)
+    assert model.emotion_out is not None and make(kind, emotions=True).emotion_out is None
+    feats, tokens, emotions = features_for(model, 3), random_tokens(3, 6), random_emotions(3, seed=1)
+    with torch.no_grad():
+        forced, _ = model(feats, tokens, emotions=emotions)
+        memory, state = model.init_memory(feats, emotions), None
+        for t in range(tokens.size(1)):
+            logits, state, _ = model.step(memory, tokens[:, t], state)
+            torch.testing.assert_close(logits, forced[:, t], atol=1e-5, rtol=1e-4)
+        model.emotion_out.weight.zero_()  # the direct path alone changes the words' scores
+        model.emotion_out.bias.zero_()
+        without, _ = model(feats, tokens, emotions=emotions)
+    assert not torch.allclose(forced, without)
+
+
+@pytest.mark.parametrize("kind", GROUNDABLE)
+def test_emotion_guidance_scores_the_asked_emotion_against_all_nine(kind):
+    """EmotionContrast's next-word scores, checked against teacher-forced forward passes under every emotion:
+    log p(w|e) + g (log p(w|e) - log mean_e' p(w|e')), at the first and later words (its states stay aligned)."""
+    model, g = make(kind, emotions=True, seed=4), 1.5
+    feats, tokens, asked = features_for(model, 2), random_tokens(2, 4), torch.tensor([6, 1])
+    with torch.no_grad():
+        own = F.log_softmax(model(feats, tokens, emotions=asked)[0], dim=-1)
+        every = torch.stack([F.log_softmax(model(feats, tokens, emotions=torch.full((2,), e))[0], dim=-1)
+                             for e in range(len(EMOTIONS))], dim=1)  # [B, 9, T, V]
+        expected = own + g * (own - (torch.logsumexp(every, dim=1) - np.log(len(EMOTIONS))))
+        guided = EmotionContrast(model, g)
+        memory, state = guided.init_memory(feats, asked), None
+        for t in range(tokens.size(1)):
+            scores, state, _ = guided.step(memory, tokens[:, t], state)
+            torch.testing.assert_close(scores, expected[:, t], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_guided_decoding_keeps_the_rules_and_needs_a_grounded_model(beam):
+    model = make("merge", emotions=True, seed=5)
+    feats = features_for(model, 4, scale=3.0)
+    decoding = DecodingConfig(beam, 10, no_repeat_ngram=2, max_word_repeats=1, emotion_guidance=2.0)
+    captions = generate(model, feats, VOCAB, decoding, emotions=random_emotions(4))
+    assert len(captions) == 4
+    for caption in captions:
+        words = caption.split()
+        assert len(words) <= 10 and not {"<pad>", "<bos>", "<unk>"} & set(words)
+        assert max(Counter(w for w in words if w not in STOP_WORDS).values(), default=0) <= 1
+    with pytest.raises(ArtcapError, match="emotion_guidance needs an emotion-grounded model"):
+        generate(make("merge"), feats, VOCAB, decoding)
+    with pytest.raises(ArtcapError, match="emotion_guidance must be from 0"):
+        DecodingConfig(emotion_guidance=-1.0)

@@ -40,6 +40,8 @@ class TrainConfig:
     hidden_dim: int = 256
     dropout: float = 0.5
     emotion_grounded: bool = False  # feed each caption's emotion to the decoder (ArtEmis' emotion-grounded speaker)
+    emotion_dim: int = 9  # grounded: width of the emotion features (ArtEmis: 9)
+    emotion_in_output: bool = False  # grounded: also feed the emotion to the word-choosing layer (model.py)
     emotion_head: bool = False  # also train the image -> emotion classifier and ship it in the model folder
     # optimisation
     epochs: int = 10
@@ -67,6 +69,7 @@ class TrainConfig:
     length_alpha: float = 0.7
     no_repeat_ngram: int = 0
     max_word_repeats: int = 0  # 0 = off; 2 = no content word more than twice in a caption
+    emotion_guidance: float = 0.0  # grounded models: favour words specific to the emotion (decode.EmotionContrast)
     max_len: int = 0  # 0 = the longest kept caption
 
     def __post_init__(self) -> None:
@@ -83,7 +86,8 @@ class TrainConfig:
         from .decode import DecodingConfig
 
         return DecodingConfig(beam=self.beam, max_len=self.max_len or max_len, length_alpha=self.length_alpha,
-                              no_repeat_ngram=self.no_repeat_ngram, max_word_repeats=self.max_word_repeats)
+                              no_repeat_ngram=self.no_repeat_ngram, max_word_repeats=self.max_word_repeats,
+                              emotion_guidance=self.emotion_guidance)
 
     def to_toml(self) -> str:
         lines = []
@@ -115,6 +119,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("decoder", lambda v: v in _decoder_kinds(), "a registered decoder kind: merge or sat"),
     ("embed_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
     ("hidden_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
+    ("emotion_dim", lambda v: 1 <= v <= 8192, "from 1 to 8192"),
     ("dropout", _finite(0.0, 0.95), "from 0 to 0.95"),
     ("epochs", lambda v: 1 <= v <= 100_000, "from 1 to 100000"),
     ("batch_size", lambda v: 1 <= v <= 65_536, "from 1 to 65536"),
@@ -136,6 +141,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("out", lambda v: bool(v.strip()), "a folder path"),
     ("beam", lambda v: 1 <= v <= 20, "from 1 to 20"),
     ("length_alpha", _finite(0.0, 5.0), "from 0 to 5"),
+    ("emotion_guidance", _finite(0.0, 10.0), "from 0 (off) to 10"),
     ("no_repeat_ngram", lambda v: v == 0 or 2 <= v <= 10, "0 (off) or from 2 to 10"),
     ("max_word_repeats", lambda v: 0 <= v <= 10, "0 (off) or from 1 to 10"),
     ("max_len", lambda v: 0 <= v <= 200, "0 (the data's) or from 1 to 200"),

@@ -53,6 +53,7 @@ class DecodingConfig:
     length_alpha: float = 0.7  # beam ranking: log-probability / length**alpha
     no_repeat_ngram: int = 0  # 0 = off; 2 = no bigram twice
     max_word_repeats: int = 0  # 0 = off; 2 = no content word (outside STOP_WORDS) more than twice
+    emotion_guidance: float = 0.0  # grounded models: 0 = off; g > 0 sharpens the asked emotion (EmotionContrast)
 
     def __post_init__(self) -> None:
         checks = [("beam", 1 <= self.beam <= MAX_BEAM, f"from 1 to {MAX_BEAM}"),
@@ -61,7 +62,9 @@ class DecodingConfig:
                   ("no_repeat_ngram", self.no_repeat_ngram == 0 or 2 <= self.no_repeat_ngram <= 10,
                    "0 (off) or from 2 to 10"),
                   ("max_word_repeats", 0 <= self.max_word_repeats <= MAX_WORD_REPEATS,
-                   f"0 (off) or from 1 to {MAX_WORD_REPEATS}")]
+                   f"0 (off) or from 1 to {MAX_WORD_REPEATS}"),
+                  ("emotion_guidance", math.isfinite(self.emotion_guidance) and 0 <= self.emotion_guidance <= 10,
+                   "from 0 (off) to 10")]
         for name, ok, allowed in checks:
             value = getattr(self, name)
             if isinstance(value, bool) or not ok:
@@ -219,9 +222,52 @@ def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: Dec
     return [max(f, key=lambda item: item[0])[1] if f else Hypothesis([], None) for f in finished]
 
 
+class EmotionContrast(nn.Module):
+    """A grounded decoder whose next-word scores favour what is specific to the asked emotion e:
+
+        log p(w | e) + g * (log p(w | e) - log mean_e' p(w | e'))
+
+    (contrastive, classifier-free-guidance-style decoding). The mean over all 9 emotions is what the
+    model would say of the painting whatever the feeling; subtracting it pushes "scary" under fear
+    and "funny" under amusement, where plain beam search keeps the stock caption every emotion shares.
+    It runs the decoder on 1 + num_emotions rows per hypothesis, through the same interface."""
+
+    def __init__(self, model: nn.Module, guidance: float):
+        super().__init__()
+        self.model, self.guidance = model, guidance
+        self.kinds = model.config.num_emotions
+
+    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        batch, k = features.size(0), self.kinds
+        asked = self.model.init_memory(features, emotions)
+        every = self.model.init_memory(features.repeat_interleave(k, dim=0),
+                                       torch.arange(k, device=features.device).repeat(batch))
+        self.split = len(asked)
+        return (*asked, *(m.reshape(batch, k, *m.shape[1:]) for m in every))  # batch first, for beam search
+
+    def step(self, memory, token: torch.Tensor, state=None):
+        k, n = self.kinds, self.split
+        asked_state, every_state = (None, None) if state is None else (state[: len(state) // 2],
+                                                                      state[len(state) // 2:])
+        logits, asked_state, attention = self.model.step(memory[:n], token, asked_state)
+        flat = tuple(m.flatten(0, 1) for m in memory[n:])
+        flat_state = None if every_state is None else tuple(s.flatten(0, 1) for s in every_state)
+        every_logits, flat_state, _ = self.model.step(flat, token.repeat_interleave(k), flat_state)
+        logp = F.log_softmax(logits.float(), dim=-1)
+        every = F.log_softmax(every_logits.float(), dim=-1).reshape(token.size(0), k, -1)
+        marginal = torch.logsumexp(every, dim=1) - math.log(k)
+        state = (*asked_state, *(s.reshape(token.size(0), k, *s.shape[1:]) for s in flat_state))
+        return logp + self.guidance * (logp - marginal), state, attention
+
+
 @torch.no_grad()
 def _run(searcher, model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
          emotions: torch.Tensor | None) -> list[Hypothesis]:
+    if decoding.emotion_guidance > 0:
+        if emotions is None:
+            raise ArtcapError("emotion_guidance needs an emotion-grounded model and an emotion; "
+                              "set it to 0 for this model")
+        model = EmotionContrast(model, decoding.emotion_guidance)
     memory = model.init_memory(features, emotions)
     return searcher(model, memory, features.size(0), vocab, decoding, features.device)
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, register_decoder
+from .model import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
+                    register_decoder)
 
 
 @register_decoder("sat")
@@ -31,6 +32,7 @@ class ShowAttendTell(nn.Module):
         c, h, a = config.feature_dim, config.hidden_dim, config.attention_dim
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         self.emotion = EmotionNet(config.num_emotions, config.emotion_dim) if config.num_emotions else None
+        self.emotion_out = emotion_output_layer(config)
         self.grid_att = nn.Linear(c, a)  # W_a
         self.hidden_att = nn.Linear(h, a)  # W_h
         self.score = nn.Linear(a, 1)  # w
@@ -66,7 +68,14 @@ class ShowAttendTell(nn.Module):
         if state is None:
             state = self._initial_state(memory[0])
         state, alpha = self._attend(memory, self.embed(token), state)
-        return self.out(self.dropout(state[0])), state, alpha
+        return self.out(self.dropout(self._with_emotion(memory, state[0]))), state, alpha
+
+    def _with_emotion(self, memory: Memory, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, H] or [B, T, H], plus the emotion's direct path when the model has one."""
+        if self.emotion_out is None:
+            return hidden
+        emotion = self.emotion_out(memory[2])
+        return hidden + (emotion.unsqueeze(1) if hidden.dim() == 3 else emotion)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
                 emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +90,7 @@ class ShowAttendTell(nn.Module):
             hidden.append(state[0])
             alphas.append(alpha)
         hidden_t, alpha_t = torch.stack(hidden, dim=1), torch.stack(alphas, dim=1)  # [B, T, H], [B, T, N]
+        hidden_t = self._with_emotion(memory, hidden_t)
         if mask is not None:
             alpha_t = alpha_t * mask.unsqueeze(-1).to(alpha_t.dtype)  # padding looks at nothing
             hidden_t = hidden_t[mask]

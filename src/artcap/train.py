@@ -191,12 +191,17 @@ def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
             raise ArtcapError(f"init_from {config.init_from}: its decoder ({decoder.config.kind}, "
                               f"{decoder.config.feature_dim}-d features) does not fit this config "
                               f"({config.decoder}, {corpus.features.dim}-d); use the same decoder and encoder")
+        if (decoder.config.num_emotions > 0) != config.emotion_grounded:
+            raise ArtcapError(f"init_from {config.init_from}: its decoder is {'' if decoder.config.num_emotions else 'not '}"
+                              f"emotion-grounded; set emotion_grounded = "
+                              f"{'true' if decoder.config.num_emotions else 'false'} to fine-tune it")
         corpus.data.vocab = vocab
         return decoder.train()
     emotions = 9 if config.emotion_grounded else 0
     return create_decoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim, config.embed_dim,
                                         config.hidden_dim, config.dropout, kind=config.decoder,
-                                        num_emotions=emotions))
+                                        num_emotions=emotions, emotion_dim=config.emotion_dim,
+                                        emotion_in_output=config.emotion_in_output))
 
 
 MIN_DISTINCT = 0.6  # select_by = "cider_distinct": the share of distinct val captions an epoch must reach
