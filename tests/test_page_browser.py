@@ -90,11 +90,13 @@ def test_page_captions_a_dropped_painting(browser, base_url, shared_data):
     assert browser.find_element(By.ID, "image-input").get_attribute("id") == browser.find_element(
         By.CSS_SELECTOR, "label[for=image-input]").get_attribute("for")
     assert csp_violations(browser) == []
-    # The default model has no attention and is not grounded, but has the emotion classifier: the caption is plain
-    # text with no overlay and no grounding line, and the emotion chart shows (read-only: nothing to steer).
+    # The default model has no attention but is emotion-grounded, with the emotion classifier: the caption is plain
+    # text with no overlay, the grounding line names the classifier's (auto) emotion, and the emotion chart shows.
     assert browser.find_elements(By.CSS_SELECTOR, "#caption-beam button") == []
-    for extra in ("attention-overlay", "attention-note", "grounded-on"):
+    for extra in ("attention-overlay", "attention-note"):
         assert not browser.find_element(By.ID, extra).is_displayed(), extra
+    grounded = browser.find_element(By.ID, "grounded-on")
+    assert grounded.is_displayed() and "auto" in grounded.text.lower()
     assert browser.find_element(By.ID, "emotions").is_displayed()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#emotion-chart .emotion-bar")) == 9
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .checkpoint import load_model_dir
 from .data import EMOTIONS
-from .decode import DecodingConfig, generate
+from .decode import Caption, DecodingConfig, generate, search_n_best, to_caption
 from .encoders import Encoder, EncoderSpec
 from .errors import ArtcapError
 from .features import FeatureSpec
@@ -63,9 +63,10 @@ ImageInput = Image.Image | np.ndarray | str | Path
 
 class Captioner:
     def __init__(self, encoder: Encoder, decoder: torch.nn.Module, vocab: Vocabulary, config: dict[str, Any],
-                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None):
+                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None, reranker=None):
         self.encoder, self.decoder, self.vocab, self.config, self.device = encoder, decoder, vocab, config, device
         self.emotion_head = emotion_head  # image -> the 9 emotions' distribution (emotion.EmotionHead), or None
+        self.reranker = reranker  # the training paintings' neighbours for consensus reranking (rerank.py), or None
         # What runs the image network: ONNX Runtime or torch (onnx_backend.create_runner); .name says which.
         self.runner = runner or TorchRunner(encoder, device)
         # What the decoder reads: pooled vectors, or a fixed grid for attention (older folders: pooled).
@@ -85,10 +86,10 @@ class Captioner:
         encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
         runner = create_runner(encoder, backend, dev)
         from .emotion import load_emotion_head
+        from .rerank import NeighbourReranker
 
-        emotion_head = load_emotion_head(path)
         return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path), "source": source}, dev,
-                   runner, emotion_head)
+                   runner, load_emotion_head(path), NeighbourReranker.load(path))
 
     @property
     def model_id(self) -> str:
@@ -188,11 +189,25 @@ class Captioner:
         scores = self.emotion_scores_features(features) if self.emotion_head is not None else None
         grounded_on = self._grounding(emotion, len(features), scores)
         ids = emotion_ids(grounded_on).to(self.device) if grounded_on else None
-        captions = generate(self.decoder, features, self.vocab, decoding, emotions=ids, with_attention=True)
+        captions = self._generate(features, decoding, ids)
         return [Description(c.text, c.words, c.attention if with_attention else None,
                             grounded_on[i] if grounded_on else None,
                             _rounded_scores(scores[i]) if scores is not None else None)
                 for i, c in enumerate(captions)]
+
+    def _generate(self, features: torch.Tensor, decoding: DecodingConfig, emotions: torch.Tensor | None) -> list[Caption]:
+        """The beam's best captions, or with `rerank_neighbours` the ones its consensus rerank keeps."""
+        if not decoding.rerank_neighbours:
+            return generate(self.decoder, features, self.vocab, decoding, emotions=emotions, with_attention=True)
+        if self.reranker is None:
+            raise ArtcapError(f"model {self.model_id} has no neighbours to rerank with (train it with rerank = true); "
+                              f"set rerank_neighbours to 0")
+        self.decoder.eval()
+        n_best = search_n_best(self.decoder, features, self.vocab, decoding, emotions)
+        pooled = (features if features.dim() == 2 else features.mean(dim=1)).float().cpu().numpy()
+        chosen = self.reranker.choose(pooled, [[[self.vocab.words[i] for i in h.ids] for h in hs] for hs in n_best],
+                                      decoding.rerank_neighbours)
+        return [to_caption(hs[k], self.vocab) for hs, k in zip(n_best, chosen)]
 
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
                          decoding: DecodingConfig | None = None, emotion: str | Sequence[str] | None = None) -> list[str]:

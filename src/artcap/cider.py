@@ -67,13 +67,19 @@ class CiderD:
             for ngram in {g for ref in refs for g in ref}:
                 self.document_frequency[ngram] = self.document_frequency.get(ngram, 0) + 1
         self.log_corpus_size = math.log(float(len(counted)))
-        self.references = {key: self._reference_set(refs) for key, refs in counted.items()}
+        self._counted = counted
+        self._references: dict[Hashable, _ReferenceSet] = {}  # cooked on first use: a rerank needs only a few
 
     def __len__(self) -> int:
-        return len(self.references)
+        return len(self._counted)
 
     def __contains__(self, key: Hashable) -> bool:
-        return key in self.references
+        return key in self._counted
+
+    @property
+    def keys(self) -> list[Hashable]:
+        """The images of the reference corpus, in the order given."""
+        return list(self._counted)
 
     def _text(self, tokens: Sequence[str]) -> str:
         words = list(tokens) + ([self.end_token] if self.end_token else [])
@@ -130,7 +136,10 @@ class CiderD:
         return out
 
     def _refs(self, key: Hashable) -> _ReferenceSet:
-        refs = self.references.get(key)
+        refs = self._references.get(key)
         if refs is None:
-            raise ArtcapError(f"CIDEr-D: image {key!r} is not in the reference corpus ({len(self)} images)")
+            counted = self._counted.get(key)
+            if counted is None:
+                raise ArtcapError(f"CIDEr-D: image {key!r} is not in the reference corpus ({len(self)} images)")
+            refs = self._references[key] = self._reference_set(counted)
         return refs

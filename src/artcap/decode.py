@@ -54,6 +54,7 @@ class DecodingConfig:
     no_repeat_ngram: int = 0  # 0 = off; 2 = no bigram twice
     max_word_repeats: int = 0  # 0 = off; 2 = no content word (outside STOP_WORDS) more than twice
     emotion_guidance: float = 0.0  # grounded models: 0 = off; g > 0 sharpens the asked emotion (EmotionContrast)
+    rerank_neighbours: int = 0  # 0 = off; k = keep the beam caption closest to k similar paintings' (artcap.rerank)
 
     def __post_init__(self) -> None:
         checks = [("beam", 1 <= self.beam <= MAX_BEAM, f"from 1 to {MAX_BEAM}"),
@@ -64,7 +65,8 @@ class DecodingConfig:
                   ("max_word_repeats", 0 <= self.max_word_repeats <= MAX_WORD_REPEATS,
                    f"0 (off) or from 1 to {MAX_WORD_REPEATS}"),
                   ("emotion_guidance", math.isfinite(self.emotion_guidance) and 0 <= self.emotion_guidance <= 10,
-                   "from 0 (off) to 10")]
+                   "from 0 (off) to 10"),
+                  ("rerank_neighbours", 0 <= self.rerank_neighbours <= 1000, "0 (off) or from 1 to 1000")]
         for name, ok, allowed in checks:
             value = getattr(self, name)
             if isinstance(value, bool) or not ok:
@@ -97,6 +99,7 @@ class Caption:
 class Hypothesis:
     ids: list[int]  # word ids, without <bos>/<eos>
     attention: torch.Tensor | None  # [len(ids), h*w]
+    score: float = 0.0  # beam search: log-probability / length**alpha (the beam's ranking)
 
 
 class _Bans:
@@ -161,7 +164,8 @@ def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: D
 
 
 def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
-          device: torch.device) -> list[Hypothesis]:
+          device: torch.device) -> list[list[Hypothesis]]:
+    """Every image's finished hypotheses (up to `beam`), best first."""
     k, max_len, alpha = decoding.beam, decoding.max_len, decoding.length_alpha
     bans = _Bans(vocab, decoding, device)
     memory = tuple(m.repeat_interleave(k, dim=0) for m in memory)
@@ -170,7 +174,7 @@ def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: Dec
     maps: torch.Tensor | None = None  # [B*k, t, h*w]: each hypothesis' attention, reordered with it
     scores = torch.full((batch, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
-    finished: list[list[tuple[float, Hypothesis]]] = [[] for _ in range(batch)]
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
     state = None
     for t in range(max_len + 1):
@@ -193,8 +197,8 @@ def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: Dec
                     if word == vocab.eos_id:
                         if rank < k:  # an <eos> counts only among the k best candidates
                             ids = history[src].tolist()
-                            hypothesis = Hypothesis(ids, None if maps is None else maps[src])
-                            finished[b].append((score / (len(ids) + 1) ** alpha, hypothesis))
+                            finished[b].append(Hypothesis(ids, None if maps is None else maps[src],
+                                                          score / (len(ids) + 1) ** alpha))
                     else:
                         alive.append((score, src, word))
                     if len(alive) == k:
@@ -219,7 +223,7 @@ def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: Dec
         if maps is not None:
             maps = torch.cat([maps.index_select(0, src_index), attention.float().index_select(0, src_index)
                               .unsqueeze(1)], dim=1)
-    return [max(f, key=lambda item: item[0])[1] if f else Hypothesis([], None) for f in finished]
+    return [sorted(f, key=lambda h: -h.score) or [Hypothesis([], None)] for f in finished]
 
 
 class EmotionContrast(nn.Module):
@@ -262,7 +266,7 @@ class EmotionContrast(nn.Module):
 
 @torch.no_grad()
 def _run(searcher, model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
-         emotions: torch.Tensor | None) -> list[Hypothesis]:
+         emotions: torch.Tensor | None):
     if decoding.emotion_guidance > 0:
         if emotions is None:
             raise ArtcapError("emotion_guidance needs an emotion-grounded model and an emotion; "
@@ -272,11 +276,20 @@ def _run(searcher, model: nn.Module, features: torch.Tensor, vocab: Vocabulary, 
     return searcher(model, memory, features.size(0), vocab, decoding, features.device)
 
 
+def search_n_best(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
+                  emotions: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+    """Per image, the finished hypotheses best first: up to `beam` of them (one for greedy search), with
+    their attention maps when the decoder has attention. `emotions` [B] (ids, EMOTIONS order) for an
+    emotion-grounded decoder."""
+    if decoding.beam <= 1:
+        return [[h] for h in _run(_greedy, model, features, vocab, decoding, emotions)]
+    return _run(_beam, model, features, vocab, decoding, emotions)
+
+
 def search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
            emotions: torch.Tensor | None = None) -> list[Hypothesis]:
-    """The best hypothesis per image (greedy for beam=1), with its attention maps when the decoder
-    has attention. `emotions` [B] (ids, EMOTIONS order) for an emotion-grounded decoder."""
-    return _run(_greedy if decoding.beam <= 1 else _beam, model, features, vocab, decoding, emotions)
+    """The best hypothesis per image (see search_n_best)."""
+    return [n_best[0] for n_best in search_n_best(model, features, vocab, decoding, emotions)]
 
 
 def greedy_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int,
@@ -292,7 +305,7 @@ def beam_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max
                 emotions: torch.Tensor | None = None) -> list[list[int]]:
     """features -> for each image the best finished caption's word ids (beam=1 runs the beam code)."""
     decoding = DecodingConfig(beam, max_len, length_alpha, no_repeat_ngram, max_word_repeats)
-    return [h.ids for h in _run(_beam, model, features, vocab, decoding, emotions)]
+    return [n_best[0].ids for n_best in _run(_beam, model, features, vocab, decoding, emotions)]
 
 
 def generate(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
@@ -302,5 +315,10 @@ def generate(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decodi
     hypotheses = search(model, features, vocab, decoding, emotions)
     if not with_attention:
         return [vocab.decode(h.ids) for h in hypotheses]
-    return [Caption(vocab.decode(h.ids), [vocab.words[i] for i in h.ids],
-                    None if h.attention is None else h.attention.cpu().numpy()) for h in hypotheses]
+    return [to_caption(h, vocab) for h in hypotheses]
+
+
+def to_caption(hypothesis: Hypothesis, vocab: Vocabulary) -> Caption:
+    attention = hypothesis.attention
+    return Caption(vocab.decode(hypothesis.ids), [vocab.words[i] for i in hypothesis.ids],
+                   None if attention is None else attention.cpu().numpy())

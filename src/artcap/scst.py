@@ -90,7 +90,7 @@ class ScstLoss:
             raise ArtcapError("the grounding reward needs at least 2 training paintings to compare with")
         self.cider, self.vocab, self.max_len = cider, vocab, max_len
         self.samples, self.grounding_weight = samples, grounding_weight
-        self.keys = list(cider.references)
+        self.keys = cider.keys
         self.key_index = {k: n for n, k in enumerate(self.keys)}
 
     @classmethod

@@ -298,29 +298,42 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         from .plots import plot_losses
 
         plot_losses({run.name: state.history}, run / "loss.png")
-        if config.emotion_head:
-            add_emotion_head(config, corpus, run / "model", device, progress)
+        if config.emotion_head or config.rerank:
+            add_image_extras(config, corpus, run / "model", device, progress)
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
     return run
 
 
-def add_emotion_head(config: TrainConfig, corpus: Corpus, model_dir: Path, device: torch.device,
+def add_image_extras(config: TrainConfig, corpus: Corpus, model_dir: Path, device: torch.device,
                      progress: bool) -> None:
-    """Train the image -> emotion classifier on the run's pooled features and ship it in the model folder."""
-    from .emotion import save_emotion_head, train_emotion_head
+    """What reads the training paintings' pooled features, shipped in the model folder after the decoder's last
+    export (that rewrites config.json): the image -> emotion classifier with its text judge (`emotion_head`), the
+    neighbours of consensus reranking (`rerank`)."""
     from .features import FeatureSpec
-    from .text_emotion import text_classifier_for
 
     pooled = corpus
-    if len(corpus.features.row_shape) > 1:  # an attention decoder's grid: the head reads pooled vectors
+    if len(corpus.features.row_shape) > 1:  # an attention decoder's grid: these read pooled vectors
         pooled = load_corpus(config, corpus.data.splits, device, progress, annotations=corpus.annotations,
                              spec=FeatureSpec("pooled"))
+    if config.emotion_head:
+        add_emotion_head(pooled, model_dir)
+    if config.rerank:
+        from .rerank import reranker_for
+
+        reranker_for(pooled).save(model_dir)
+
+
+def add_emotion_head(pooled: Corpus, model_dir: Path) -> None:
+    """Train the image -> emotion classifier on pooled features and ship it, with the text judge, in the folder."""
+    from .emotion import save_emotion_head, train_emotion_head
+    from .text_emotion import text_classifier_for
+
     head, report = train_emotion_head(pooled)
-    save_emotion_head(model_dir, head, report)  # after the last export: that rewrites config.json
+    save_emotion_head(model_dir, head, report)
     # The judge of emotional alignment travels with the model, so its scores do not depend on the installed sklearn.
-    text_classifier_for(corpus.annotations, corpus.data.splits).save(model_dir)
+    text_classifier_for(pooled.annotations, pooled.data.splits).save(model_dir)
     log.info("emotion head: val KL %.3f (prior %.3f)", report.get("val", {}).get("kl", math.nan),
              report.get("val", {}).get("prior_kl", math.nan))
 
