@@ -34,7 +34,7 @@ test-fast: setup
 
 # Retrain every model shipped in src/artcap/models/ and its MODEL_CARD.md (about 1 h on 2 CPU cores).
 shipped-models: setup
-	$(BIN)/python scripts/make_shipped_model.py paper sat default
+	$(BIN)/python scripts/make_shipped_model.py paper sat fast default
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -147,13 +147,18 @@ def test_a_killed_header_is_rewritten_and_a_damaged_file_is_refused(shared_data,
     assert damaged.read_bytes() == before
 
 
+def asked_emotion(captioner) -> str:
+    """What a folder job without --emotion records: "auto" for a grounded model (the default is one)."""
+    return "auto" if captioner.is_grounded else ""
+
+
 def test_resuming_with_another_decoding_or_a_second_writer_is_refused(shared_data, captioner, tmp_path):
     folder = make_collection(tmp_path / "c", paintings(shared_data, 2), broken=False)
     out = tmp_path / "out.jsonl"
     caption_collection(captioner, [folder], out, recursive=True, progress=False, beam=1)
     with pytest.raises(ArtcapError, match="beam was 1, now 3"):
         caption_collection(captioner, [folder], out, recursive=True, progress=False, beam=3)
-    identity = JobIdentity(captioner.model_id, captioner.resolve_decoding(beam=1))
+    identity = JobIdentity(captioner.model_id, captioner.resolve_decoding(beam=1), asked_emotion(captioner))
     with RecordFile(out, identity):
         with pytest.raises(ArtcapError, match="another artcap job"):
             caption_collection(captioner, [folder], out, recursive=True, progress=False, beam=1)
@@ -243,8 +248,8 @@ def test_an_empty_file_starts_a_new_job_with_its_manifest(shared_data, captioner
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
     manifest = json.loads(manifest_path(out).read_text())
     assert manifest["format"] == "artcap-caption-records" and manifest["version"] == 1
-    assert manifest["job"] == {"model": captioner.model_id, **captioner.decoding.to_dict(), "asked_emotion": "",
-                               "metadata": ""}
+    assert manifest["job"] == {"model": captioner.model_id, **captioner.decoding.to_dict(),
+                               "asked_emotion": asked_emotion(captioner), "metadata": ""}
     assert manifest["fields"] == list(read_records(out)[0])
 
 
@@ -278,7 +283,7 @@ def test_a_retry_killed_before_the_rewrite_leaves_no_duplicate_after_the_next_ru
     out = tmp_path / "captions.csv"
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
     reference = read_records(out)
-    identity = JobIdentity(captioner.model_id, captioner.decoding)
+    identity = JobIdentity(captioner.model_id, captioner.decoding, asked_emotion(captioner))
     with RecordFile(out, identity) as records:  # appended, then "killed": no finish()
         records.append({**reference[1], "caption": None, "error": "was unreadable then"})
     assert len(read_records(out)) == 4

@@ -66,7 +66,8 @@ def test_onnx_features_equal_torch_on_real_paintings(cache, torch_captioner, mod
     batch = torch_captioner.preprocess(paintings)
     got, expected = onnx.runner(batch), torch_captioner.runner(batch)
     assert got.pooled.shape == expected.pooled.shape == (8, 1280)
-    assert got.grid.shape == expected.grid.shape == (8, 1280, 7, 7)
+    side = -(-torch_captioner.encoder.image_size // 32)  # the network's stride: 224 px -> 7x7, 260 px -> 9x9
+    assert got.grid.shape == expected.grid.shape == (8, 1280, side, side)
     np.testing.assert_allclose(got.pooled.numpy(), expected.pooled.numpy(), rtol=0, atol=1e-4)
     np.testing.assert_allclose(got.grid.numpy(), expected.grid.numpy(), rtol=0, atol=1e-4)
     # a batch of one (the server's usual case) through the dynamic batch axis
@@ -91,7 +92,8 @@ def test_auto_is_onnx_on_cpu_and_torch_elsewhere(cache, model_dir, torch_caption
 def test_export_is_cached(cache, model_dir, torch_captioner, caplog):
     path = onnx_file(cache)
     assert path.name == export_name(torch_captioner.encoder)
-    assert "efficientnet-lite0-imagenet-224px" in path.name and "opset17" in path.name
+    encoder = torch_captioner.encoder
+    assert f"{encoder.name}-imagenet-{encoder.image_size}px" in path.name and "opset17" in path.name
     before = path.stat().st_mtime_ns
     record = path.with_name(path.name + ".verified.json")
     record_before = record.stat().st_mtime_ns
@@ -210,5 +212,5 @@ def test_two_processes_export_once(model_dir, tmp_path):
                                   stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in processes]
     assert [out for out, _ in results] == ["onnx\n", "onnx\n"], [err for _, err in results]
-    assert sum(err.count("exporting efficientnet-lite0") for _, err in results) == 1
+    assert sum(err.count("exporting efficientnet-lite") for _, err in results) == 1
     assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 1

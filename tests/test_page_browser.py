@@ -1,5 +1,5 @@
 """The web page in real headless Chromium, against real servers on loopback: the shipped model (merge decoder, no
-attention, not grounded, with the emotion classifier) and a tiny real SAT model, emotion-grounded, with an emotion head (trained here)."""
+attention, emotion-grounded, with the emotion classifier) and a tiny real SAT model, emotion-grounded, with an emotion head (trained here)."""
 
 from __future__ import annotations
 

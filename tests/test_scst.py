@@ -303,3 +303,13 @@ def test_scst_runs_through_a_distributed_data_parallel_wrapper():
     assert done.returncode == 0, done.stderr[-2000:]
     word, n, with_grad = done.stdout.split()
     assert word == "ok" and int(n) == 12 and int(with_grad) > 0
+
+
+def test_fine_tuning_must_keep_the_decoders_emotion_grounding(tiny_run, artemis_subset, feature_cache_dir, tmp_path):
+    from artcap.train import train
+
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "ft", init_from=str(tiny_run / "model"),
+                         emotion_grounded=True, epochs=1)
+    with pytest.raises(ArtcapError, match="its decoder is not emotion-grounded; set emotion_grounded = false"):
+        train(config, progress=False)
+    assert not (tmp_path / "ft" / "checkpoint.pt").exists()

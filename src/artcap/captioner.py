@@ -63,10 +63,10 @@ ImageInput = Image.Image | np.ndarray | str | Path
 
 class Captioner:
     def __init__(self, encoder: Encoder, decoder: torch.nn.Module, vocab: Vocabulary, config: dict[str, Any],
-                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None, reranker=None):
+                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None, matcher=None):
         self.encoder, self.decoder, self.vocab, self.config, self.device = encoder, decoder, vocab, config, device
         self.emotion_head = emotion_head  # image -> the 9 emotions' distribution (emotion.EmotionHead), or None
-        self.reranker = reranker  # the training paintings' neighbours for consensus reranking (rerank.py), or None
+        self.matcher = matcher  # the image-caption matcher that reranks the beam (rerank.CaptionMatcher), or None
         # What runs the image network: ONNX Runtime or torch (onnx_backend.create_runner); .name says which.
         self.runner = runner or TorchRunner(encoder, device)
         # What the decoder reads: pooled vectors, or a fixed grid for attention (older folders: pooled).
@@ -86,10 +86,10 @@ class Captioner:
         encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
         runner = create_runner(encoder, backend, dev)
         from .emotion import load_emotion_head
-        from .rerank import NeighbourReranker
+        from .rerank import load_matcher
 
         return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path), "source": source}, dev,
-                   runner, load_emotion_head(path), NeighbourReranker.load(path))
+                   runner, load_emotion_head(path), load_matcher(path, config))
 
     @property
     def model_id(self) -> str:
@@ -196,17 +196,16 @@ class Captioner:
                 for i, c in enumerate(captions)]
 
     def _generate(self, features: torch.Tensor, decoding: DecodingConfig, emotions: torch.Tensor | None) -> list[Caption]:
-        """The beam's best captions, or with `rerank_neighbours` the ones its consensus rerank keeps."""
-        if not decoding.rerank_neighbours:
+        """The beam's best captions, or with `rerank` the ones the image-caption matcher prefers among them."""
+        if not decoding.rerank:
             return generate(self.decoder, features, self.vocab, decoding, emotions=emotions, with_attention=True)
-        if self.reranker is None:
-            raise ArtcapError(f"model {self.model_id} has no neighbours to rerank with (train it with rerank = true); "
-                              f"set rerank_neighbours to 0")
+        if self.matcher is None:
+            raise ArtcapError(f"model {self.model_id} has no caption matcher to rerank with (train it with "
+                              f"matcher = true); drop --rerank / set rerank = false")
         self.decoder.eval()
         n_best = search_n_best(self.decoder, features, self.vocab, decoding, emotions)
-        pooled = (features if features.dim() == 2 else features.mean(dim=1)).float().cpu().numpy()
-        chosen = self.reranker.choose(pooled, [[[self.vocab.words[i] for i in h.ids] for h in hs] for hs in n_best],
-                                      decoding.rerank_neighbours)
+        pooled = (features if features.dim() == 2 else features.mean(dim=1)).float().cpu()
+        chosen = self.matcher.choose(pooled, [[h.ids for h in hs] for hs in n_best])
         return [to_caption(hs[k], self.vocab) for hs, k in zip(n_best, chosen)]
 
     def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,

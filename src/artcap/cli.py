@@ -48,9 +48,9 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--emotion-guidance", type=float, default=None, metavar="G",
                    help="emotion-grounded models: how much to favour words specific to the emotion (0 = off; "
                         "default: the model's)")
-    p.add_argument("--rerank", type=int, default=None, metavar="K",
-                   help="keep the beam caption that agrees best with the captions of the K most similar training "
-                        "paintings (models trained with rerank = true; 0 = off; default: the model's)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep the beam caption the model's image-caption matcher finds most specific to the image "
+                        "(models trained with matcher = true; default: the model's)")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text",
                    help="stdout format without --out (with --out the file's suffix decides)")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
@@ -163,7 +163,7 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
         printer.add({"path": source, "caption": None, "error": message, "emotion": None, "emotion_scores": None})
     with_attention = captioner.has_attention and (args.explain is not None or args.format == "json")
     decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len, emotion_guidance=args.emotion_guidance,
-                                          rerank_neighbours=args.rerank)
+                                          rerank=args.rerank)
     with metadata:
         for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
                                     decoding=decoding, emotion=args.emotion, with_attention=with_attention):

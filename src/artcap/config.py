@@ -42,7 +42,7 @@ class TrainConfig:
     emotion_grounded: bool = False  # feed each caption's emotion to the decoder (ArtEmis' emotion-grounded speaker)
     emotion_dim: int = 9  # grounded: width of the emotion features (ArtEmis: 9)
     emotion_in_output: bool = False  # grounded: also feed the emotion to the word-choosing layer (model.py)
-    rerank: bool = False  # ship the training paintings' neighbours for consensus reranking (artcap.rerank)
+    matcher: bool = False  # also train the image-caption matcher that reranks the beam (artcap.rerank)
     emotion_head: bool = False  # also train the image -> emotion classifier and ship it in the model folder
     # optimisation
     epochs: int = 10
@@ -71,7 +71,7 @@ class TrainConfig:
     no_repeat_ngram: int = 0
     max_word_repeats: int = 0  # 0 = off; 2 = no content word more than twice in a caption
     emotion_guidance: float = 0.0  # grounded models: favour words specific to the emotion (decode.EmotionContrast)
-    rerank_neighbours: int = 0  # 0 = off; k = rerank the beam by consensus with k neighbours (needs rerank = true)
+    rerank: bool = False  # rerank the beam with the matcher (needs matcher = true)
     max_len: int = 0  # 0 = the longest kept caption
 
     def __post_init__(self) -> None:
@@ -89,7 +89,7 @@ class TrainConfig:
 
         return DecodingConfig(beam=self.beam, max_len=self.max_len or max_len, length_alpha=self.length_alpha,
                               no_repeat_ngram=self.no_repeat_ngram, max_word_repeats=self.max_word_repeats,
-                              emotion_guidance=self.emotion_guidance, rerank_neighbours=self.rerank_neighbours)
+                              emotion_guidance=self.emotion_guidance, rerank=self.rerank)
 
     def to_toml(self) -> str:
         lines = []
@@ -144,7 +144,6 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("beam", lambda v: 1 <= v <= 20, "from 1 to 20"),
     ("length_alpha", _finite(0.0, 5.0), "from 0 to 5"),
     ("emotion_guidance", _finite(0.0, 10.0), "from 0 (off) to 10"),
-    ("rerank_neighbours", lambda v: 0 <= v <= 1000, "0 (off) or from 1 to 1000"),
     ("no_repeat_ngram", lambda v: v == 0 or 2 <= v <= 10, "0 (off) or from 2 to 10"),
     ("max_word_repeats", lambda v: 0 <= v <= 10, "0 (off) or from 1 to 10"),
     ("max_len", lambda v: 0 <= v <= 200, "0 (the data's) or from 1 to 200"),

@@ -54,7 +54,7 @@ class DecodingConfig:
     no_repeat_ngram: int = 0  # 0 = off; 2 = no bigram twice
     max_word_repeats: int = 0  # 0 = off; 2 = no content word (outside STOP_WORDS) more than twice
     emotion_guidance: float = 0.0  # grounded models: 0 = off; g > 0 sharpens the asked emotion (EmotionContrast)
-    rerank_neighbours: int = 0  # 0 = off; k = keep the beam caption closest to k similar paintings' (artcap.rerank)
+    rerank: bool = False  # keep the beam caption the model's image-caption matcher prefers (artcap.rerank)
 
     def __post_init__(self) -> None:
         checks = [("beam", 1 <= self.beam <= MAX_BEAM, f"from 1 to {MAX_BEAM}"),
@@ -66,10 +66,10 @@ class DecodingConfig:
                    f"0 (off) or from 1 to {MAX_WORD_REPEATS}"),
                   ("emotion_guidance", math.isfinite(self.emotion_guidance) and 0 <= self.emotion_guidance <= 10,
                    "from 0 (off) to 10"),
-                  ("rerank_neighbours", 0 <= self.rerank_neighbours <= 1000, "0 (off) or from 1 to 1000")]
+                  ("rerank", isinstance(self.rerank, bool), "true or false")]
         for name, ok, allowed in checks:
             value = getattr(self, name)
-            if isinstance(value, bool) or not ok:
+            if (isinstance(value, bool) and name != "rerank") or not ok:
                 raise ArtcapError(f"decoding {name} must be {allowed}, got {value!r}")
 
     def with_overrides(self, **overrides: Any) -> "DecodingConfig":

@@ -21,6 +21,7 @@ from the data with the default split seed (2021), which is what ``artcap train``
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -208,7 +209,7 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
              out_dir: str | Path | None = None, baselines: bool = False, no_repeat_ngram: int | None = None,
              length_alpha: float | None = None, feature_cache: str = "", skip_missing: bool = False,
              progress: bool = True, backend: str = "auto", emotion_guidance: float | None = None,
-             rerank_neighbours: int | None = None) -> dict:
+             rerank: bool | None = None) -> dict:
     """Caption the split with the model (default: the shipped one) and score it; with ``baselines``
     also the nearest-neighbour and constant baselines. Returns the scores dict (also written to
     ``out_dir``: predictions.json, scores.json, scores.md)."""
@@ -219,7 +220,7 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     captioner = Captioner.load(model_or_run, backend=backend)
     decoding = captioner.resolve_decoding(beam=beam, max_len=max_len, no_repeat_ngram=no_repeat_ngram,
                                           length_alpha=length_alpha, emotion_guidance=emotion_guidance,
-                                          rerank_neighbours=rerank_neighbours)
+                                          rerank=rerank)
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
@@ -309,8 +310,7 @@ def render_markdown(result: dict) -> str:
         "",
         f"{result['paintings']} paintings of `{result['data']}` (split: {result['split_source'] or 'all paintings'}), "
         f"{result['references_per_painting']:.1f} references each (preset `{result['preset']}`). "
-        f"Decoding: beam {d['beam']}, length_alpha {d['length_alpha']}, no_repeat_ngram {d['no_repeat_ngram']}, "
-        f"max_len {d['max_len']}. Tokenisation: {result['tokenisation']}.",
+        f"Decoding: {', '.join(f'{k} {v}' for k, v in d.items())}. Tokenisation: {result['tokenisation']}.",
         "",
         result["table"],
         "paper BLEU-4: mean smoothed sentence BLEU-4 per painting (the research report's measure); "
@@ -353,8 +353,8 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--length-alpha", type=float, default=None, help="beam length normalisation (default: the model's)")
     p.add_argument("--emotion-guidance", type=float, default=None, metavar="G",
                    help="emotion-grounded models: favour words specific to the emotion (0 = off; default: the model's)")
-    p.add_argument("--rerank", type=int, default=None, metavar="K",
-                   help="consensus rerank of the beam with K training neighbours (0 = off; default: the model's)")
+    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
+                   help="rerank the beam with the model's image-caption matcher (default: the model's)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="stdout: the markdown table or JSON")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write predictions.json, scores.json and scores.md into DIR")
@@ -372,7 +372,7 @@ def run_evaluate(args) -> int:
                       no_repeat_ngram=args.no_repeat_ngram, length_alpha=args.length_alpha,
                       feature_cache=args.cache, skip_missing=args.skip_missing, progress=not quiet,
                       backend=args.backend, emotion_guidance=args.emotion_guidance,
-                      rerank_neighbours=args.rerank)
+                      rerank=args.rerank)
     if args.format == "json":
         json.dump({k: v for k, v in result.items() if k != "table"}, sys.stdout, indent=2)
         sys.stdout.write("\n")

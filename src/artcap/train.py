@@ -298,7 +298,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         from .plots import plot_losses
 
         plot_losses({run.name: state.history}, run / "loss.png")
-        if config.emotion_head or config.rerank:
+        if config.emotion_head or config.matcher:
             add_image_extras(config, corpus, run / "model", device, progress)
     if dist.is_initialized():
         dist.barrier()
@@ -310,7 +310,7 @@ def add_image_extras(config: TrainConfig, corpus: Corpus, model_dir: Path, devic
                      progress: bool) -> None:
     """What reads the training paintings' pooled features, shipped in the model folder after the decoder's last
     export (that rewrites config.json): the image -> emotion classifier with its text judge (`emotion_head`), the
-    neighbours of consensus reranking (`rerank`)."""
+    image-caption matcher that reranks the beam (`matcher`)."""
     from .features import FeatureSpec
 
     pooled = corpus
@@ -319,10 +319,10 @@ def add_image_extras(config: TrainConfig, corpus: Corpus, model_dir: Path, devic
                              spec=FeatureSpec("pooled"))
     if config.emotion_head:
         add_emotion_head(pooled, model_dir)
-    if config.rerank:
-        from .rerank import reranker_for
+    if config.matcher:
+        from .rerank import matcher_for, save_matcher
 
-        reranker_for(pooled).save(model_dir)
+        save_matcher(model_dir, matcher_for(pooled))
 
 
 def add_emotion_head(pooled: Corpus, model_dir: Path) -> None:

@@ -95,12 +95,15 @@ class CaptionService:
         waits for a slot longer than half its time answers 503 at once: better than a 504 later."""
         give_up_at = started + self.settings.request_timeout_s * DECODE_WAIT_SHARE
         try:
-            with anyio.fail_after(max(0.0, give_up_at - time.perf_counter())):
-                await self._decode_limiter.acquire()
-        except TimeoutError:
-            raise ApiError(
-                503, "the server is busy decoding other uploads; retry in a few seconds"
-            ) from None
+            self._decode_limiter.acquire_nowait()  # a free slot is taken however long the upload took
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(max(0.0, give_up_at - time.perf_counter())):
+                    await self._decode_limiter.acquire()
+            except TimeoutError:
+                raise ApiError(
+                    503, "the server is busy decoding other uploads; retry in a few seconds"
+                ) from None
         try:
             return await anyio.to_thread.run_sync(
                 prepare_image, data, filename, self.settings.max_pixels, self.captioner.encoder
