@@ -66,7 +66,8 @@ def read_records(path: Path) -> list[dict]:
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        numbers = {k: type(v) for k, v in DecodingConfig().to_dict().items()}  # the decoding settings
+        numbers = {k: (lambda text: text == "True") if isinstance(v, bool) else type(v)  # the decoding settings
+                   for k, v in DecodingConfig().to_dict().items()}
         return [{**r, **{k: f(r[k]) for k, f in numbers.items()}, "caption": r["caption"] or None,
                  "error": r["error"] or None} for r in rows]
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -386,6 +386,11 @@ class RecordFile:
         for key, like in self.job.items():  # the job's settings have the types they had in JSON
             if isinstance(like, str):
                 record[key] = record[key] or ""  # CSV cannot tell "" from a missing value; the job's are strings
+            elif isinstance(like, bool):  # csv wrote str(True); bool("False") would be True
+                flag = {"true": True, "false": False}.get(str(record[key]).lower())
+                if flag is None:
+                    return None
+                record[key] = flag
             elif record[key] is not None:
                 try:
                     record[key] = type(like)(record[key])
