@@ -311,6 +311,12 @@ def test_decoding_config_validates_and_round_trips_max_word_repeats():
     for bad in (-1, 11, True):
         with pytest.raises(ArtcapError, match="decoding max_word_repeats must be 0 \\(off\\) or from 1 to 10"):
             DecodingConfig(max_word_repeats=bad)
+    flagged = DecodingConfig(rerank=True, emotion_guidance=1.5)
+    assert DecodingConfig.from_dict(json.loads(json.dumps(flagged.to_dict()))) == flagged
+    assert not DecodingConfig.from_dict({"beam": 5}).rerank  # older configs: off
+    for bad in (1, "true", None):
+        with pytest.raises(ArtcapError, match="decoding rerank must be true or false"):
+            DecodingConfig(rerank=bad)
 
 
 def test_decoder_config_from_saved_dicts():

@@ -66,10 +66,11 @@ class DecodingConfig:
                    f"0 (off) or from 1 to {MAX_WORD_REPEATS}"),
                   ("emotion_guidance", math.isfinite(self.emotion_guidance) and 0 <= self.emotion_guidance <= 10,
                    "from 0 (off) to 10"),
-                  ("rerank", isinstance(self.rerank, bool), "true or false")]
+                  ("rerank", True, "true or false")]
         for name, ok, allowed in checks:
             value = getattr(self, name)
-            if (isinstance(value, bool) and name != "rerank") or not ok:
+            is_flag = isinstance(self.__dataclass_fields__[name].default, bool)
+            if isinstance(value, bool) != is_flag or not ok:  # True is not a beam width, 1 is not a flag
                 raise ArtcapError(f"decoding {name} must be {allowed}, got {value!r}")
 
     def with_overrides(self, **overrides: Any) -> "DecodingConfig":
@@ -246,11 +247,10 @@ class EmotionContrast(nn.Module):
         asked = self.model.init_memory(features, emotions)
         every = self.model.init_memory(features.repeat_interleave(k, dim=0),
                                        torch.arange(k, device=features.device).repeat(batch))
-        self.split = len(asked)
         return (*asked, *(m.reshape(batch, k, *m.shape[1:]) for m in every))  # batch first, for beam search
 
     def step(self, memory, token: torch.Tensor, state=None):
-        k, n = self.kinds, self.split
+        k, n = self.kinds, len(memory) // 2  # the asked emotion's memory, then all emotions' of the same layout
         asked_state, every_state = (None, None) if state is None else (state[: len(state) // 2],
                                                                       state[len(state) // 2:])
         logits, asked_state, attention = self.model.step(memory[:n], token, asked_state)
