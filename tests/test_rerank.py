@@ -4,12 +4,13 @@ files, and a real run that ships it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from artcap.captioner import Captioner
+from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
 from artcap.cli import main
 from artcap.errors import ArtcapError
 from artcap.rerank import MATCHER_FILE, CaptionMatcher, MatcherSettings, load_matcher, save_matcher, train_matcher
@@ -72,13 +73,13 @@ def test_training_is_reproducible_and_refuses_bad_input():
 
 def test_files_round_trip_and_damage_is_one_line(toy_matcher, tmp_path):
     matcher, directions = toy_matcher
-    (tmp_path / "config.json").write_text(json.dumps({"model_id": "toy"}))
+    shutil.copy(DEFAULT_MODEL_DIR / "config.json", tmp_path / "config.json")  # a real model folder's config
     save_matcher(tmp_path, matcher, MatcherSettings(dim=16))
     config = json.loads((tmp_path / "config.json").read_text())
     loaded = load_matcher(tmp_path, config)
     images = torch.tensor(directions, dtype=torch.float32)
     torch.testing.assert_close(loaded.encode_images(images), matcher.eval().encode_images(images))
-    assert load_matcher(tmp_path, {"model_id": "no matcher"}) is None
+    assert config["matcher"]["feature_dim"] == 12 and load_matcher(tmp_path, {"model_id": "no matcher"}) is None
     (tmp_path / MATCHER_FILE).write_bytes(b"not safetensors")
     with pytest.raises(ArtcapError, match="unreadable caption matcher"):
         load_matcher(tmp_path, config)
