@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import settings
 from .errors import ArtcapError, check_known_keys
+from .settings import setting
 from .text import Vocabulary
 
 NEG_INF = float("-inf")
@@ -48,30 +50,19 @@ class DecodingConfig:
     config.json as its defaults; a folder job's identity includes it, so one record file never
     mixes two decodings."""
 
-    beam: int = 1  # 1 = greedy search (the paper's)
-    max_len: int = 30  # the longest caption, in words
-    length_alpha: float = 0.7  # beam ranking: log-probability / length**alpha
-    no_repeat_ngram: int = 0  # 0 = off; 2 = no bigram twice
-    max_word_repeats: int = 0  # 0 = off; 2 = no content word (outside STOP_WORDS) more than twice
-    emotion_guidance: float = 0.0  # grounded models: 0 = off; g > 0 sharpens the asked emotion (EmotionContrast)
-    rerank: bool = False  # keep the beam caption the model's image-caption matcher prefers (artcap.rerank)
+    beam: int = setting(1, "beam width; 1 = greedy search (the paper's)", low=1, high=MAX_BEAM)
+    max_len: int = setting(30, "the longest caption, in words", low=1, high=MAX_CAPTION_WORDS)
+    length_alpha: float = setting(0.7, "beam ranking: log-probability / length**alpha", low=0, high=5)
+    no_repeat_ngram: int = setting(0, "no n-gram twice in a caption (2 = no bigram twice)", off=0, low=2, high=10)
+    max_word_repeats: int = setting(0, "no content word (outside STOP_WORDS) more than this many times",
+                                    off=0, low=1, high=MAX_WORD_REPEATS)
+    emotion_guidance: float = setting(0.0, "emotion-grounded models: how much to favour words specific to the "
+                                      "asked emotion (decode.EmotionContrast)", low=0, high=10)
+    rerank: bool = setting(False, "keep the beam caption the model's image-caption matcher finds most specific "
+                                  "to the image (models trained with a matcher)")
 
     def __post_init__(self) -> None:
-        checks = [("beam", 1 <= self.beam <= MAX_BEAM, f"from 1 to {MAX_BEAM}"),
-                  ("max_len", 1 <= self.max_len <= MAX_CAPTION_WORDS, f"from 1 to {MAX_CAPTION_WORDS}"),
-                  ("length_alpha", math.isfinite(self.length_alpha) and 0 <= self.length_alpha <= 5, "from 0 to 5"),
-                  ("no_repeat_ngram", self.no_repeat_ngram == 0 or 2 <= self.no_repeat_ngram <= 10,
-                   "0 (off) or from 2 to 10"),
-                  ("max_word_repeats", 0 <= self.max_word_repeats <= MAX_WORD_REPEATS,
-                   f"0 (off) or from 1 to {MAX_WORD_REPEATS}"),
-                  ("emotion_guidance", math.isfinite(self.emotion_guidance) and 0 <= self.emotion_guidance <= 10,
-                   "from 0 (off) to 10"),
-                  ("rerank", True, "true or false")]
-        for name, ok, allowed in checks:
-            value = getattr(self, name)
-            is_flag = isinstance(self.__dataclass_fields__[name].default, bool)
-            if isinstance(value, bool) != is_flag or not ok:  # True is not a beam width, 1 is not a flag
-                raise ArtcapError(f"decoding {name} must be {allowed}, got {value!r}")
+        settings.check(self, prefix="decoding ")
 
     def with_overrides(self, **overrides: Any) -> "DecodingConfig":
         """A copy with the given settings changed; None means 'keep the model's'."""
