@@ -187,8 +187,8 @@ def int8_evaluation(model: str | None, folder: Path, csv_path: Path, paths: list
         quant_pre_process(str(onnx_captioner.runner.path), str(prepared))
         quantize_static(str(prepared), str(quantised), Paintings(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-        int8 = Captioner(torch_captioner.encoder, torch_captioner.decoder, torch_captioner.vocab,
-                         torch_captioner.config, torch_captioner.device, OnnxRunner(_open_session(quantised), quantised))
+        int8 = Captioner(torch_captioner.folder, torch_captioner.encoder, torch_captioner.device,
+                         OnnxRunner(_open_session(quantised), quantised))
         int8.caption(paths[:2])
         print(f"\nint8 (ORT static, QDQ, per-channel, calibrated on {len(train)} training paintings); {load_average()}")
         for n in range(rounds):
@@ -200,7 +200,7 @@ def int8_evaluation(model: str | None, folder: Path, csv_path: Path, paths: list
         ids = [f"{p.parent.name}/{p.stem}" for p in tests]
         captions = {name: caption_all(c, tests) for name, c in
                     (("torch", torch_captioner), ("onnx", onnx_captioner), ("int8", int8))}
-    refs = references(read_annotations(csv_path, folder), torch_captioner.config.get("preset", "artemis"), ids)
+    refs = references(read_annotations(csv_path, folder), torch_captioner.config.preset, ids)
     for name, caps in captions.items():
         print(f"  {name:5}: identical to torch {share_identical(captions['torch'], caps):6.1%}, grounding "
               f"{grounding(dict(zip(ids, caps)), refs):.3f} over {len(ids)} test paintings")

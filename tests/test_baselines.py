@@ -23,7 +23,7 @@ def test_nearest_neighbour_uses_cosine_similarity_and_the_consensus_caption():
     got = nearest_neighbour(train, captions, query)
     assert got[0] in ("a red boat on the calm sea", "a red boat on the sea")  # not the outlier
     assert got[1] in captions[2]
-    assert NearestNeighbourCaptioner(train, captions).caption_features(query) == got
+    assert NearestNeighbourCaptioner(train, captions).caption(query) == got
     with pytest.raises(ArtcapError, match="aligned"):
         nearest_neighbour(train, captions[:2], query)
 
@@ -68,4 +68,4 @@ def test_constant_caption_is_a_training_caption_that_beats_random_ones(artemis_s
     best_score = corpus_bleu4(best, refs)
     for other in random.Random(0).sample(captions, 10):
         assert best_score >= corpus_bleu4(other, refs), other
-    assert ConstantCaptioner(best).caption_features(np.zeros((3, 4))) == [best] * 3
+    assert ConstantCaptioner(best).caption(np.zeros((3, 4))) == [best] * 3

@@ -102,7 +102,7 @@ def test_damaged_head_files_are_one_line_errors(trained, model_dir, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     config["emotion"]["hidden_dim"] = "big"
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ArtcapError, match="key emotion: feature_dim, hidden_dim and members"):
+    with pytest.raises(ArtcapError, match=r"config.json: emotion.hidden_dim must be from 0 to \d+, got 'big'"):
         load_emotion_head(folder)
 
 

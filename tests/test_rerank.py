@@ -3,6 +3,7 @@ files, and a real run that ships it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -13,6 +14,7 @@ import torch
 from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
 from artcap.cli import main
 from artcap.errors import ArtcapError
+from artcap.model_folder import ModelConfig
 from artcap.rerank import MATCHER_FILE, CaptionMatcher, MatcherSettings, load_matcher, save_matcher, train_matcher
 
 from conftest import tiny_config
@@ -76,13 +78,14 @@ def test_files_round_trip_and_damage_is_one_line(toy_matcher, tmp_path):
     shutil.copy(DEFAULT_MODEL_DIR / "config.json", tmp_path / "config.json")  # a real model folder's config
     save_matcher(tmp_path, matcher, MatcherSettings(dim=16))
     config = json.loads((tmp_path / "config.json").read_text())
-    loaded = load_matcher(tmp_path, config)
+    loaded = load_matcher(tmp_path)
     images = torch.tensor(directions, dtype=torch.float32)
     torch.testing.assert_close(loaded.encode_images(images), matcher.eval().encode_images(images))
-    assert config["matcher"]["feature_dim"] == 12 and load_matcher(tmp_path, {"model_id": "no matcher"}) is None
+    without = dataclasses.replace(ModelConfig.read(tmp_path), matcher=None)
+    assert config["matcher"]["feature_dim"] == 12 and load_matcher(tmp_path, without) is None
     (tmp_path / MATCHER_FILE).write_bytes(b"not safetensors")
-    with pytest.raises(ArtcapError, match="unreadable caption matcher"):
-        load_matcher(tmp_path, config)
+    with pytest.raises(ArtcapError, match="matcher.safetensors: unreadable weights"):
+        load_matcher(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +106,8 @@ def test_a_run_ships_its_matcher_and_reranks_within_the_beam(matcher_run, shared
     assert isinstance(captioner.matcher, CaptionMatcher) and captioner.decoding.rerank
     paintings = sorted((shared_data / "artemis-mini" / "wikiart").rglob("*.jpg"))[:6]
     features = captioner.encode(paintings)
-    reranked = captioner.caption_features(features)
-    plain = captioner.caption_features(features, decoding=captioner.decoding.with_overrides(rerank=False))
+    reranked = captioner.caption(features)
+    plain = captioner.caption(features, decoding=captioner.decoding.with_overrides(rerank=False))
     from artcap.decode import search_n_best
 
     n_best = search_n_best(captioner.decoder, features, captioner.vocab, captioner.decoding)

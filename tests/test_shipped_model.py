@@ -57,7 +57,7 @@ def test_the_default_is_steered_by_the_emotion_asked_for(captioner, shared_data)
     assert captioner.is_grounded
     features = captioner.encode(_val_paintings(shared_data, 24))
     asked = ("sadness", "fear", "contentment", "amusement")
-    captions = {e: dict(enumerate(captioner.caption_features(features, emotion=e))) for e in asked}
+    captions = {e: dict(enumerate(captioner.caption(features, emotion=e))) for e in asked}
     shares = steerability(captions, TextEmotionClassifier.load(DEFAULT_MODEL_DIR))
     assert shares["overall"] >= 0.4 and min(shares[e] for e in asked) > 1 / 9, shares
 

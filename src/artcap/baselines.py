@@ -17,7 +17,7 @@
      given for each of ``sample_images`` training paintings (a fixed random sample), against all of
      their references. The best of those wins (ties: the shorter, then alphabetical).
 
-Both are "captioner-like": ``caption_features(features) -> list[str]``, as ``Captioner`` has.
+Both are "captioner-like": ``caption(features) -> list[str]``, as ``Captioner`` has.
 Texts are the preset-processed captions (lower-case words joined by spaces).
 """
 
@@ -166,7 +166,7 @@ def constant_caption(train_captions: Sequence[str], train_references: Mapping[ob
 
 
 class NearestNeighbourCaptioner:
-    """``caption_features(features)``: the nearest-neighbour baseline over a fixed training set."""
+    """``caption(features)``: the nearest-neighbour baseline over a fixed training set."""
 
     name = "nearest-neighbour"
 
@@ -174,18 +174,18 @@ class NearestNeighbourCaptioner:
         self.train_features = np.asarray(train_features, dtype=np.float32)
         self.train_captions = [list(c) for c in train_captions_by_image]
 
-    def caption_features(self, features) -> list[str]:
+    def caption(self, features) -> list[str]:
         query = features.detach().cpu().numpy() if hasattr(features, "detach") else np.asarray(features)
         return nearest_neighbour(self.train_features, self.train_captions, query)
 
 
 class ConstantCaptioner:
-    """``caption_features(features)``: the same caption for every image."""
+    """``caption(features)``: the same caption for every image."""
 
     name = "constant"
 
-    def __init__(self, caption: str):
-        self.caption = caption
+    def __init__(self, text: str):
+        self.text = text
 
-    def caption_features(self, features) -> list[str]:
-        return [self.caption] * len(features)
+    def caption(self, features) -> list[str]:
+        return [self.text] * len(features)

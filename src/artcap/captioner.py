@@ -16,16 +16,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_model_dir
 from .data import EMOTIONS
 from .decode import Caption, DecodingConfig, generate, search_n_best, to_caption
-from .encoders import Encoder, EncoderSpec
+from .encoders import Encoder
 from .errors import ArtcapError
-from .features import FeatureSpec
+from .features import pooled_vectors
 from .images import to_rgb_image
 from .model import emotion_ids
+from .model_folder import ModelFolder
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
-from .text import Vocabulary
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_MODEL_DIR = MODELS_DIR / "default"
@@ -59,18 +58,22 @@ def resolve_model_path(spec: str | os.PathLike | None) -> tuple[Path, str | None
 
 ImageInput = Image.Image | np.ndarray | str | Path
 """A path (str or Path), a PIL image, or a uint8 numpy array (HxWx3, HxW or HxWx4): see images.to_rgb_image."""
+Inputs = Sequence[ImageInput] | ImageInput | torch.Tensor
+"""Images, a preprocessed uint8 batch [B, 3, H, W], or features (a float tensor [B, C] or [B, g*g, C])."""
 
 
 class Captioner:
-    def __init__(self, encoder: Encoder, decoder: torch.nn.Module, vocab: Vocabulary, config: dict[str, Any],
-                 device: torch.device, runner: EncoderRunner | None = None, emotion_head=None, matcher=None):
-        self.encoder, self.decoder, self.vocab, self.config, self.device = encoder, decoder, vocab, config, device
-        self.emotion_head = emotion_head  # image -> the 9 emotions' distribution (emotion.EmotionHead), or None
-        self.matcher = matcher  # the image-caption matcher that reranks the beam (rerank.CaptionMatcher), or None
+    """A thin facade over a `ModelFolder` and the image network that feeds it. Two entry points:
+    `describe(inputs)` (everything artcap says about each image) and `caption(inputs)` (just the text).
+    `inputs` are images (paths, PIL images, uint8 arrays, or a preprocessed uint8 batch [B, 3, H, W])
+    or features (a float tensor from `encode` or a feature cache: [B, C], or [B, g*g, C] for attention)."""
+
+    def __init__(self, folder: ModelFolder, encoder: Encoder, device: torch.device,
+                 runner: EncoderRunner | None = None):
+        self.folder, self.encoder, self.device = folder, encoder, device
         # What runs the image network: ONNX Runtime or torch (onnx_backend.create_runner); .name says which.
         self.runner = runner or TorchRunner(encoder, device)
-        # What the decoder reads: pooled vectors, or a fixed grid for attention (older folders: pooled).
-        self.feature_spec = FeatureSpec(**config.get("features", {"kind": decoder.feature_kind}))
+        folder.decoder.to(device).eval()
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu", backend: str = "auto") -> "Captioner":
@@ -79,38 +82,48 @@ class Captioner:
         Hub. `backend` runs the image network: "auto" (ONNX Runtime on the CPU when installed and the
         export checks out, else torch), "torch" or "onnx"."""
         path, source = resolve_model_path(path)
-        decoder, vocab, config = load_model_dir(path)
-        encoder = EncoderSpec.from_dict(config["encoder"]).create(path)
+        folder = ModelFolder.load(path, source)
         dev = torch.device(device)
         # channels_last: the layout oneDNN's CPU convolutions (and cuDNN's) run fastest on
-        encoder = encoder.to(dev, memory_format=torch.channels_last).eval()
-        runner = create_runner(encoder, backend, dev)
-        from .emotion import load_emotion_head
-        from .rerank import load_matcher
+        encoder = folder.encoder_spec.create(path).to(dev, memory_format=torch.channels_last).eval()
+        return cls(folder, encoder, dev, create_runner(encoder, backend, dev))
 
-        return cls(encoder, decoder.to(dev).eval(), vocab, {**config, "path": str(path), "source": source}, dev,
-                   runner, load_emotion_head(path), load_matcher(path, config))
+    # ---- what the folder holds ----
+    config = property(lambda self: self.folder.config, doc="the model's config.json (ModelConfig)")
+    decoder = property(lambda self: self.folder.decoder)
+    vocab = property(lambda self: self.folder.vocab)
+    emotion_head = property(lambda self: self.folder.emotion_head, doc="image -> the 9 emotions, or None")
+    matcher = property(lambda self: self.folder.matcher, doc="the caption matcher that reranks the beam, or None")
+    feature_spec = property(lambda self: self.folder.feature_spec, doc="what the decoder reads: pooled or a grid")
 
     @property
     def model_id(self) -> str:
-        return self.config.get("model_id", "artcap")
+        return self.config.model_id
 
     @property
     def source(self) -> str:
         """What identifies these weights in a job's records: hf:OWNER/NAME@COMMIT for a Hub model, else the model id."""
-        return self.config.get("source") or self.model_id
+        return self.folder.source or self.model_id
 
     @property
     def decoding(self) -> DecodingConfig:
-        """The model's default decoding (config.json's "decoding"; older folders lack max_len)."""
-        saved = self.config.get("decoding", {})
-        return DecodingConfig.from_dict({"max_len": int(self.config["max_len"]), **saved},
-                                        f"{self.config.get('path', 'model')}/config.json")
+        """The model's default decoding (config.json's "decoding")."""
+        return self.config.decoding
 
     def resolve_decoding(self, decoding: DecodingConfig | None = None, **overrides) -> DecodingConfig:
         """`decoding` (default: the model's) with any non-None keyword settings changed, checked."""
         return (decoding or self.decoding).with_overrides(**overrides)
 
+    @property
+    def has_attention(self) -> bool:
+        return self.feature_spec.kind == "grid"
+
+    @property
+    def is_grounded(self) -> bool:
+        """Does the decoder take an emotion (ArtEmis' emotion-grounded speaker)?"""
+        return self.decoder.config.num_emotions > 0
+
+    # ---- images -> features ----
     def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
         """Normalise every image the one way files are (images.to_rgb_image: paths, PIL images and
         arrays alike, so the same pixels give the same caption), resize and stack into the uint8
@@ -123,30 +136,73 @@ class Captioner:
                   for i, image in enumerate(images)]
         return self.encoder.preprocess(arrays)
 
-    @property
-    def has_attention(self) -> bool:
-        return self.feature_spec.kind == "grid"
+    @torch.inference_mode()
+    def encode(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
+        """Images (or an already preprocessed uint8 batch) -> the features the decoder reads:
+        pooled [B, C], or a grid [B, g*g, C] for attention decoders."""
+        batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
+        features = self.feature_spec.select(self.runner(batch)).to(self.device)
+        if not bool(torch.isfinite(features).all()):
+            raise ArtcapError(f"model {self.model_id}: its image network produced NaN or infinity, so no caption "
+                              f"can be made; its encoder weights are damaged — re-copy the model folder")
+        return features
 
-    @property
-    def is_grounded(self) -> bool:
-        """Does the decoder take an emotion (ArtEmis' emotion-grounded speaker)?"""
-        return self.decoder.config.num_emotions > 0
+    def _features(self, inputs: Inputs) -> torch.Tensor | None:
+        """Features of `inputs` (see the class docstring); None for an empty list of images."""
+        if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+            return inputs.to(self.device)
+        if not isinstance(inputs, torch.Tensor):
+            inputs = image_list(inputs)
+            if not inputs:
+                return None
+        return self.encode(inputs)
 
-    def emotion_scores_features(self, features: torch.Tensor) -> np.ndarray:
+    # ---- the two entry points ----
+    @torch.inference_mode()
+    def describe(self, inputs: Inputs, decoding: DecodingConfig | None = None, *,
+                 emotion: str | Sequence[str] | None = None, with_attention: bool = False,
+                 **overrides: Any) -> list[Description]:
+        """Everything artcap says about each image: the caption, its words, (with_attention, attention
+        decoders only) where each word looked, the emotion a grounded model captioned it under (`emotion`:
+        a name, "auto" = the classifier's, or one per image) and the classifier's emotion distribution.
+        `decoding` (default: the model's) with any DecodingConfig field given as a keyword (beam=3) changed."""
+        if with_attention and not self.has_attention:
+            raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot "
+                              f"show where words come from; use an attention model, e.g. --model sat")
+        decoding = self.resolve_decoding(decoding, **overrides)
+        features = self._features(inputs)
+        if features is None:
+            return []
+        scores = self._emotion_scores(features) if self.emotion_head is not None else None
+        grounded_on = self._grounding(emotion, len(features), scores)
+        ids = emotion_ids(grounded_on).to(self.device) if grounded_on else None
+        captions = self._generate(features, decoding, ids)
+        return [Description(c.text, c.words, c.attention if with_attention else None,
+                            grounded_on[i] if grounded_on else None,
+                            _rounded_scores(scores[i]) if scores is not None else None)
+                for i, c in enumerate(captions)]
+
+    def caption(self, inputs: Inputs, decoding: DecodingConfig | None = None, *,
+                emotion: str | Sequence[str] | None = None, **overrides: Any) -> list[str]:
+        """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
+        HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
+        image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
+        beam=1 is greedy search; None uses the model's default. `emotion` (grounded models): one of the
+        9 ArtEmis emotions to caption under, or "auto" (the default: the emotion classifier's choice)."""
+        return [d.caption for d in self.describe(inputs, decoding, emotion=emotion, **overrides)]
+
+    def emotions(self, inputs: Inputs) -> list[dict[str, float]]:
+        """For each image, how people are likely to feel about it: {emotion: probability} over ArtEmis' 9."""
+        features = self._features(inputs)
+        return [] if features is None else [_rounded_scores(row) for row in self._emotion_scores(features)]
+
+    # ---- the parts ----
+    def _emotion_scores(self, features: torch.Tensor) -> np.ndarray:
         """[B, 9]: the emotion classifier's distribution for each image (EMOTIONS order)."""
         if self.emotion_head is None:
             raise ArtcapError(f"model {self.model_id} has no emotion classifier; use a model trained with "
                               f"emotion_head = true (the default model has one)")
-        pooled = features if features.dim() == 2 else features.float().mean(dim=1)  # a grid's mean is the pooled vector
-        return self.emotion_head.predict(pooled)
-
-    def emotions(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor) -> list[dict[str, float]]:
-        """For each image, how people are likely to feel about it: {emotion: probability} over ArtEmis' 9."""
-        if not isinstance(images, torch.Tensor):
-            images = image_list(images)
-            if not images:
-                return []
-        return [_rounded_scores(row) for row in self.emotion_scores_features(self.encode(images))]
+        return self.emotion_head.predict(pooled_vectors(features))
 
     def _grounding(self, emotion: str | Sequence[str] | None, batch: int,
                    scores: np.ndarray | None) -> list[str] | None:
@@ -166,35 +222,6 @@ class Captioner:
         dominant = self.emotion_head.dominant(scores) if scores is not None else []
         return [EMOTIONS[int(dominant[i])] if n == "auto" else n for i, n in enumerate(names)]
 
-    @torch.inference_mode()
-    def encode(self, images: Sequence[ImageInput] | torch.Tensor) -> torch.Tensor:
-        """Images (or an already preprocessed uint8 batch) -> the features the decoder reads:
-        pooled [B, C], or a grid [B, g*g, C] for attention decoders."""
-        batch = images if isinstance(images, torch.Tensor) else self.preprocess(images)
-        return self.feature_spec.select(self.runner(batch)).to(self.device)
-
-    @torch.inference_mode()
-    def describe_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
-                          decoding: DecodingConfig | None = None, emotion: str | Sequence[str] | None = None,
-                          with_attention: bool = False) -> list[Description]:
-        """Everything artcap says about each image, from its features ([B, C] or [B, g*g, C]): the caption,
-        its words, (with_attention, attention decoders only) where each word looked, the emotion a grounded
-        model captioned it under (`emotion`: a name, "auto" = the classifier's, or one per image) and the
-        classifier's emotion distribution."""
-        if with_attention and not self.has_attention:
-            raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot "
-                              f"show where words come from; use an attention model, e.g. --model sat")
-        decoding = self.resolve_decoding(decoding, beam=beam, max_len=max_len)
-        features = features.to(self.device)
-        scores = self.emotion_scores_features(features) if self.emotion_head is not None else None
-        grounded_on = self._grounding(emotion, len(features), scores)
-        ids = emotion_ids(grounded_on).to(self.device) if grounded_on else None
-        captions = self._generate(features, decoding, ids)
-        return [Description(c.text, c.words, c.attention if with_attention else None,
-                            grounded_on[i] if grounded_on else None,
-                            _rounded_scores(scores[i]) if scores is not None else None)
-                for i, c in enumerate(captions)]
-
     def _generate(self, features: torch.Tensor, decoding: DecodingConfig, emotions: torch.Tensor | None) -> list[Caption]:
         """The beam's best captions, or with `rerank` the ones the image-caption matcher prefers among them."""
         if not decoding.rerank:
@@ -204,41 +231,8 @@ class Captioner:
                               f"matcher = true); drop --rerank / set rerank = false")
         self.decoder.eval()
         n_best = search_n_best(self.decoder, features, self.vocab, decoding, emotions)
-        pooled = (features if features.dim() == 2 else features.mean(dim=1)).float().cpu()
-        chosen = self.matcher.choose(pooled, [[h.ids for h in hs] for hs in n_best])
+        chosen = self.matcher.choose(pooled_vectors(features).cpu(), [[h.ids for h in hs] for hs in n_best])
         return [to_caption(hs[k], self.vocab) for hs, k in zip(n_best, chosen)]
-
-    def caption_features(self, features: torch.Tensor, beam: int | None = None, max_len: int | None = None, *,
-                         decoding: DecodingConfig | None = None, emotion: str | Sequence[str] | None = None) -> list[str]:
-        """Captions from features. `decoding` (default: the model's) with `beam`/`max_len` changed."""
-        return [d.caption for d in self.describe_features(features, beam, max_len, decoding=decoding, emotion=emotion)]
-
-    def describe(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
-                 max_len: int | None = None, *, decoding: DecodingConfig | None = None,
-                 emotion: str | Sequence[str] | None = None, with_attention: bool = False) -> list[Description]:
-        """`describe_features` of images (see `caption` for what images may be)."""
-        if not isinstance(images, torch.Tensor):
-            images = image_list(images)
-            if not images:
-                return []
-        return self.describe_features(self.encode(images), beam, max_len, decoding=decoding, emotion=emotion,
-                                      with_attention=with_attention)
-
-    def caption(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
-                max_len: int | None = None, *, decoding: DecodingConfig | None = None,
-                emotion: str | Sequence[str] | None = None) -> list[str]:
-        """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
-        HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
-        image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
-        beam=1 is greedy search; None uses the model's default. `emotion` (grounded models): one of the
-        9 ArtEmis emotions to caption under, or "auto" (the default: the emotion classifier's choice)."""
-        return [d.caption for d in self.describe(images, beam, max_len, decoding=decoding, emotion=emotion)]
-
-    def explain(self, images: Sequence[ImageInput] | ImageInput | torch.Tensor, beam: int | None = None,
-                max_len: int | None = None, *, decoding: DecodingConfig | None = None) -> list[Description]:
-        """Captions with where each word looked: `Description.attention[i]` is word i's map over the
-        g x g grid (row-major, summing to 1). Only attention decoders can say this."""
-        return self.describe(images, beam, max_len, decoding=decoding, with_attention=True)
 
 
 @dataclass

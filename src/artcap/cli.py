@@ -236,10 +236,11 @@ def add_models_parser(sub) -> None:
 
 def run_models(args) -> int:
     from .captioner import DEFAULT_MODEL_DIR, shipped_models
+    from .model_folder import ModelConfig
 
     for name, path in shipped_models().items():
-        config = json.loads((path / "config.json").read_text())
-        summary = config.get("summary") or f"{config['decoder'].get('kind', 'merge')} decoder"
+        config = ModelConfig.read(path)
+        summary = config.summary or f"{config.decoder['kind']} decoder"
         default = " (default)" if path == DEFAULT_MODEL_DIR else ""
         print(f"{name}{default}\t{summary}")
     return 0

@@ -44,6 +44,7 @@ from .captioner import Captioner, Description
 from .decode import DecodingConfig
 from .errors import ArtcapError
 from .features import decoded_batches
+from .images import single_input_folder
 from .io import atomic_path, atomic_write_json
 from .xmp import MetadataWriter
 
@@ -109,8 +110,8 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
 
     def flush() -> Iterator[CaptionResult]:
         features = [f for _, f in pending if isinstance(f, torch.Tensor)]
-        captions = iter(captioner.describe_features(torch.stack(features), decoding=decoding, emotion=emotion,
-                                                    with_attention=with_attention) if features else [])
+        captions = iter(captioner.describe(torch.stack(features), decoding, emotion=emotion,
+                                           with_attention=with_attention) if features else [])
         for i, item in pending:
             yield CaptionResult(paths[i], None, item) if isinstance(item, str) else CaptionResult(paths[i], next(captions))
         pending.clear()
@@ -517,9 +518,10 @@ class CollectionSummary:
 def record_key(path: Path, inputs: Sequence[str | Path]) -> str:
     """How an image is named in the record file: relative to the input folder when a single folder
     is captioned, else the path as found (so names from several inputs cannot collide)."""
-    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+    root = single_input_folder(inputs)
+    if root is not None:
         try:
-            return path.relative_to(Path(inputs[0])).as_posix()
+            return path.relative_to(root).as_posix()
         except ValueError:
             pass
     return path.as_posix()

@@ -15,21 +15,18 @@ prior is the textbook fix for label shift and costs nothing in KL, since the dis
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .data import EMOTIONS, Annotation
 from .errors import ArtcapError
-from .io import _UMASK, atomic_path, atomic_write_json
+from .io import save_tensors
 
 NUM_EMOTIONS = len(EMOTIONS)
 HEAD_FILE = "emotion.safetensors"
@@ -406,58 +403,25 @@ def benchmark_emotion_head(corpus, settings: EmotionSettings | None = None) -> d
 # --- the model folder ------------------------------------------------------------------------------------------------
 
 def save_emotion_head(model_dir: str | Path, head: EmotionHead, report: dict[str, Any] | None = None) -> None:
-    """Write `emotion.safetensors` and an "emotion" section in the folder's config.json (sizes, emotion names, the
-    training report without its curve). Call it after the decoder's last export: that rewrites config.json."""
+    """Write `emotion.safetensors` and the "emotion" section of the folder's config.json (sizes, the training report
+    without its curve). Call it after the decoder's last export: that writes config.json anew."""
+    from .model_folder import EmotionSection, ModelConfig
+
     model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    config = _read_config(config_path)
-    with atomic_path(model_dir / HEAD_FILE) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # safetensors re-creates the file as 0600
-    config["emotion"] = {"file": HEAD_FILE, "emotions": list(EMOTIONS), "feature_dim": head.feature_dim,
-                         "hidden_dim": head.hidden_dim, "members": head.members,
-                         "training": {k: v for k, v in (report or {}).items() if k != "history"}}
-    atomic_write_json(config_path, config)
+    config = ModelConfig.read(model_dir)
+    section = EmotionSection(head.feature_dim, head.hidden_dim, head.members)
+    save_tensors(model_dir / section.file, head.state_dict())
+    training = {k: v for k, v in (report or {}).items() if k != "history"}
+    config.with_emotion(section, training).write(model_dir)
 
 
-def load_emotion_head(model_dir: str | Path) -> EmotionHead | None:
+def load_emotion_head(model_dir: str | Path, config=None) -> EmotionHead | None:
     """The model folder's emotion head, or None when its config.json has no "emotion" section."""
-    model_dir = Path(model_dir)
-    config_path = model_dir / "config.json"
-    section = _read_config(config_path).get("emotion")
+    from .model_folder import ModelConfig, load_module
+
+    config = config or ModelConfig.read(model_dir)
+    section = config.emotion
     if section is None:
         return None
-    where = f"{config_path}: key emotion"
-    if not isinstance(section, dict) or section.get("emotions") != list(EMOTIONS):
-        raise ArtcapError(f"{where}: not an emotion head of the 9 ArtEmis emotions; the model folder is damaged — "
-                          f"re-copy it or train the head again")
-    sizes = {key: section.get(key) for key in ("feature_dim", "hidden_dim", "members")}
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes.values()):
-        raise ArtcapError(f"{where}: feature_dim, hidden_dim and members must be positive integers; the model folder "
-                          f"is damaged")
-    path = model_dir / str(section.get("file", HEAD_FILE))
-    if not path.is_file():
-        raise ArtcapError(f"{path}: missing (config.json names an emotion head); re-copy the model folder")
-    try:
-        state = load_file(str(path))
-    except Exception as e:  # truncated or not safetensors
-        raise ArtcapError(f"{path}: unreadable weights ({type(e).__name__}); the file is truncated or not "
-                          f"safetensors — re-copy the model folder") from None
-    head = EmotionHead(sizes["feature_dim"], sizes["hidden_dim"], sizes["members"])
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as e:
-        raise ArtcapError(f"{path}: weights do not fit config.json's emotion section ({str(e).splitlines()[0]})") from None
-    return head.eval()
-
-
-def _read_config(config_path: Path) -> dict[str, Any]:
-    if not config_path.is_file():
-        raise ArtcapError(f"{config_path.parent}: not a model folder (no config.json)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ArtcapError(f"{config_path}: not valid JSON ({e}); the model folder is damaged") from None
-    if not isinstance(config, dict):
-        raise ArtcapError(f"{config_path}: not an artcap model config")
-    return config
+    return load_module(lambda: EmotionHead(section.feature_dim, section.hidden_dim, section.members),
+                       Path(model_dir) / section.file, "config.json's emotion section")

@@ -115,11 +115,11 @@ def _weights_id(weights: str) -> str:
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Weights from .safetensors, or a torch pickle read with weights_only=True (no code runs)."""
     path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from .io import read_tensors
 
-            return load_file(str(path))
+        return read_tensors(path)
+    try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, wrong format, or a pickle that is not plain tensors
         raise ArtcapError(f"{path}: cannot read weights ({type(e).__name__}: {str(e)[:120]})") from None

@@ -15,3 +15,9 @@ def check_known_keys(cls, values: dict, source: str, what: str) -> None:
     if unknown:
         raise ArtcapError(f"{source}: unknown {what} setting(s) {', '.join(sorted(unknown))}; "
                           f"known: {', '.join(sorted(known))}")
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's first non-empty line (a library's multi-line message inside one of ours), else its type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

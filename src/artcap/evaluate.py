@@ -37,7 +37,6 @@ from tqdm import tqdm
 from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
 from .captioner import Captioner
 from .checkpoint import read_splits
-from .encoders import EncoderSpec
 from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
 from .config import TrainConfig
@@ -97,9 +96,9 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
 
     if split not in SPLITS:
         raise ArtcapError(f"--split {split!r}: choose one of {', '.join(SPLITS)}")
-    model_path = Path(captioner.config["path"])
-    encoder = EncoderSpec.from_dict(captioner.config["encoder"])
-    preset = captioner.config.get("preset", "paper")
+    model_path = captioner.folder.path
+    encoder = captioner.folder.encoder_spec
+    preset = captioner.config.preset
     config = TrainConfig(data=str(data), images=str(images), preset=preset, encoder=encoder.name,
                          encoder_weights=encoder.weights_argument(model_path), image_size=encoder.image_size or 0,
                          feature_cache=feature_cache, skip_missing=skip_missing, num_workers=0)
@@ -147,7 +146,7 @@ def caption_all(system: Any, features: np.ndarray, batch_size: int = 64, progres
     with tqdm(total=len(features), unit="img", desc=desc, disable=not progress, dynamic_ncols=True) as bar:
         for s in range(0, len(features), batch_size):
             batch = torch.from_numpy(np.ascontiguousarray(features[s : s + batch_size]))
-            out.extend(system.caption_features(batch, **decoding))
+            out.extend(system.caption(batch, **decoding))
             bar.update(len(batch))
     return out
 
@@ -235,11 +234,11 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
                               f"drop --baselines or evaluate on the model's own data")
         t0 = time.perf_counter()
         nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
-        captions[nn.name] = nn.caption_features(evalset.features if evalset.features.ndim == 2
+        captions[nn.name] = nn.caption(evalset.features if evalset.features.ndim == 2
                                                 else evalset.features.mean(axis=1))
         constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
                                                       evalset.train_references))
-        captions[constant.name] = constant.caption_features(evalset.features)
+        captions[constant.name] = constant.caption(evalset.features)
         seconds["baselines"] = time.perf_counter() - t0
 
     training = [c for cs in evalset.train_captions for c in cs] or None
@@ -261,14 +260,14 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
 
     result = {
         "model": captioner.model_id,
-        "model_path": captioner.config["path"],
+        "model_path": str(captioner.folder.path),
         "data": str(data),
         "images": str(images),
         "split": split,
         "split_source": evalset.split_source,
         "paintings": len(evalset.ids),
         "references_per_painting": sum(len(evalset.references[i]) for i in evalset.ids) / len(evalset.ids),
-        "preset": captioner.config.get("preset"),
+        "preset": captioner.config.preset,
         "decoding": decoding.to_dict(),
         "tokenisation": TOKENISATION if java_available() else "artcap.text.tokenize (no Java found)",
         "meteor": with_meteor,

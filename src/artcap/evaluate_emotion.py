@@ -20,19 +20,10 @@ import numpy as np
 
 from .data import EMOTIONS, Annotation
 from .emotion import emotion_histograms, normalise, score_emotion_classifier
-from .text_emotion import (TextEmotionClassifier, dominant_emotions, emotional_alignment, held_out_human_captions,
+from .text_emotion import (dominant_emotions, emotional_alignment, held_out_human_captions,
                            histograms_by_image, score_text_classifier, steerability, text_classifier_for, utterances)
 
 log = logging.getLogger("artcap")
-TEXT_CLASSIFIER_FILE = "text_emotion.json"
-
-
-def text_classifier(model_dir: Path, annotations: Sequence[Annotation], splits: dict[str, list[str]],
-                    cache_dir: Path | None) -> TextEmotionClassifier:
-    """The model folder's text classifier, else one trained on the data's TRAIN utterances (cached)."""
-    if (model_dir / TEXT_CLASSIFIER_FILE).is_file():
-        return TextEmotionClassifier.load(model_dir)
-    return text_classifier_for(annotations, splits, cache_dir)
 
 
 def emotion_evaluation(captioner, annotations: Sequence[Annotation], splits: dict[str, list[str]], ids: list[str],
@@ -42,7 +33,8 @@ def emotion_evaluation(captioner, annotations: Sequence[Annotation], splits: dic
     `captions`: each system's captions of `ids`; `caption_under(emotion)`: the model's captions under an emotion."""
     if any(a.emotion is None for a in annotations):
         return None
-    judge = text_classifier(Path(captioner.config["path"]), annotations, splits, cache_dir)
+    # the model folder's judge, else one trained on the data's TRAIN utterances (cached)
+    judge = captioner.folder.text_judge or text_classifier_for(annotations, splits, cache_dir)
     dominant = dominant_emotions(histograms_by_image(annotations, ids))
     alignment = {name: emotional_alignment(dict(zip(ids, caps)), dominant, judge) for name, caps in captions.items()}
     alignment["human"] = emotional_alignment(held_out_human_captions(annotations, ids), dominant, judge)

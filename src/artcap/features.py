@@ -103,6 +103,12 @@ class FeatureSpec:
         return grid.flatten(2).transpose(1, 2)
 
 
+def pooled_vectors(features: torch.Tensor) -> torch.Tensor:
+    """[B, C] pooled vectors from features as a decoder reads them: pooled [B, C] as they are, a grid
+    [B, g*g, C] averaged over its cells (what the encoder's global average pooling gives), in float32."""
+    return (features if features.dim() == 2 else features.float().mean(dim=1)).float()
+
+
 @dataclass
 class FeatureView:
     """Rows of several shards, addressed by position in the requested path list; rows come back as float32

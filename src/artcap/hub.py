@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import ArtcapError
+from .errors import ArtcapError, first_line
 
 HF_PREFIX = "hf:"
 MODEL_FILES = ("config.json", "vocab.json", "model.safetensors")  # what every artcap model folder holds
@@ -52,7 +52,7 @@ class HubModel:
         try:
             validate_repo_id(repo_id)
         except HFValidationError as e:
-            raise ArtcapError(f"{spec}: {repo_id!r} is not a Hub repository id ({_first_line(e)})") from None
+            raise ArtcapError(f"{spec}: {repo_id!r} is not a Hub repository id ({first_line(e)})") from None
         return cls(repo_id, revision or None)
 
     def __str__(self) -> str:
@@ -115,7 +115,7 @@ def _download_error(model: HubModel, error: Exception) -> ArtcapError:
         why = (f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} and no copy is cached in {cache}; "
                f"connect, or run where it is cached")
     elif isinstance(error, errors.HfHubHTTPError):
-        why = f"the Hub refused the download ({_first_line(error)})"
+        why = f"the Hub refused the download ({first_line(error)})"
     elif _is_network_error(error):
         why = f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({_describe(error)})"
     else:
@@ -129,13 +129,8 @@ def _is_network_error(error: BaseException) -> bool:
     return isinstance(error, OSError) or module in ("httpx", "httpx2", "httpcore", "requests", "urllib3")
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {_first_line(error)}"
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 # ---- pushing ------------------------------------------------------------------------------------------
@@ -150,9 +145,10 @@ class PushPlan:
     card: str  # the repository's README.md: front matter + the folder's card text
 
 
-def default_card_metadata(config: dict[str, Any]) -> dict[str, Any]:
-    """The Hub metadata of an artcap model trained on ArtEmis / WikiArt (the folder's card may override it)."""
-    encoder = str(config.get("encoder", {}).get("name", "")) or None
+def default_card_metadata(config) -> dict[str, Any]:
+    """The Hub metadata of an artcap model (`config`: its ModelConfig) trained on ArtEmis / WikiArt (the folder's
+    card may override it)."""
+    encoder = config.encoder.name
     return {
         # ArtEmis annotations and WikiArt images are released for non-commercial research only,
         # and so is a model trained on them: no SPDX id says that, hence "other".
@@ -195,18 +191,18 @@ def model_folder(path: str | os.PathLike) -> Path:
 
 def plan_push(model_dir: str | os.PathLike, repo_id: str, *, license: str | None = None) -> PushPlan:
     """What `push_model` would upload: every file of the folder, and README.md as the model card."""
-    import json
-
     from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from .model_folder import ModelConfig
 
     if "/" not in repo_id:
         raise ArtcapError(f"{repo_id}: name the repository as OWNER/NAME (your user or organisation name first)")
     try:
         validate_repo_id(repo_id)
     except HFValidationError as e:
-        raise ArtcapError(f"{repo_id}: not a Hub repository id ({_first_line(e)})") from None
+        raise ArtcapError(f"{repo_id}: not a Hub repository id ({first_line(e)})") from None
     folder = model_folder(model_dir)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config = ModelConfig.read(folder)  # a damaged folder is refused before anything is uploaded
     card_file = next((folder / name for name in CARD_FILES if (folder / name).is_file()), None)
     theirs: dict[str, Any] = {}
     body = f"# {repo_id}\n\nAn artcap captioning model.\n"
@@ -235,7 +231,7 @@ def _read_card(path: Path) -> tuple[dict[str, Any], str]:
     try:
         card = ModelCard(content, ignore_metadata_errors=True)
     except (ValueError, yaml.YAMLError) as e:
-        raise ArtcapError(f"{path}: its YAML front matter cannot be read ({_first_line(e)}); fix it") from None
+        raise ArtcapError(f"{path}: its YAML front matter cannot be read ({first_line(e)}); fix it") from None
     return card.data.to_dict(), card.text
 
 
@@ -281,7 +277,7 @@ def _upload_error(repo_id: str, error: Exception) -> ArtcapError:
     elif status in (401, 403) or type(error).__name__ == "LocalTokenNotFoundError":
         why = "not allowed: log in with a write token (hf auth login, or set HF_TOKEN)"
     elif isinstance(error, errors.HfHubHTTPError):
-        why = f"the Hub refused the upload ({_first_line(error)})"
+        why = f"the Hub refused the upload ({first_line(error)})"
     elif _is_network_error(error):
         why = f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({_describe(error)})"
     else:

@@ -166,6 +166,13 @@ def to_rgb_image(
     return _normalise_pil(image, label, max_pixels)
 
 
+def single_input_folder(inputs: Sequence[str | os.PathLike]) -> Path | None:
+    """The folder a job's names are relative to (record keys, --xmp-dir's mirror): its input when that is
+    exactly one folder, else None (several inputs keep their paths as given, so names cannot collide)."""
+    inputs = list(inputs)
+    return Path(inputs[0]) if len(inputs) == 1 and Path(inputs[0]).is_dir() else None
+
+
 def find_images(
     inputs: Sequence[str | Path], recursive: bool = False
 ) -> tuple[list[Path], list[ImageLoadError]]:

@@ -88,3 +88,59 @@ def save_tensors(path: str | os.PathLike, tensors: dict) -> None:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
     """Strict JSON: a NaN or infinity is a bug to fix where it was made, never written (other readers reject it)."""
     atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def read_tensors(path: str | os.PathLike, expected: dict[str, tuple[int, ...]] | None = None, fits: str = "",
+                 framework: str = "pt") -> dict:
+    """A safetensors file's tensors, or one line: missing, unreadable, (with `expected`: {name: shape}) of other
+    names or shapes than `fits` says — checked on the header, before any tensor is read — or holding NaN or
+    infinity. `framework`: "pt" (torch tensors) or "np" (numpy arrays)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ArtcapError(f"{path}: missing; the model folder is incomplete — re-copy it")
+    try:
+        with safe_open(str(path), framework="np") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if expected is not None:
+            _check_shapes(path, shapes, expected, fits)
+        if framework == "np":
+            from safetensors.numpy import load_file
+        else:
+            from safetensors.torch import load_file
+        tensors = load_file(str(path))
+    except ArtcapError:
+        raise
+    except Exception as e:  # truncated, not safetensors, unreadable
+        raise ArtcapError(f"{path}: unreadable weights ({type(e).__name__}); the file is truncated or not "
+                          f"safetensors — re-copy the model folder or retrain") from None
+    for name, tensor in tensors.items():
+        if not _all_finite(tensor):
+            raise ArtcapError(f"{path}: tensor {name} holds NaN or infinity, so the model cannot produce a caption; "
+                              f"the weights are damaged (or training diverged) — re-copy the model folder or retrain")
+    return tensors
+
+
+def _check_shapes(path: Path, shapes: dict, expected: dict, fits: str) -> None:
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise ArtcapError(f"{path}: no tensor {name}, which {fits} needs; the weights do not fit config.json — "
+                              f"re-copy the model folder")
+        if tuple(shapes[name]) != tuple(shape):
+            raise ArtcapError(f"{path}: tensor {name} has shape {list(shapes[name])} but {fits} needs {list(shape)}; "
+                              f"the weights do not fit config.json — re-copy the model folder")
+    extra = sorted(set(shapes) - set(expected))
+    if extra:
+        raise ArtcapError(f"{path}: tensor {extra[0]} is not part of {fits} ({len(extra)} such); the weights do not "
+                          f"fit config.json — re-copy the model folder")
+
+
+def _all_finite(tensor) -> bool:
+    import numpy as np
+
+    if hasattr(tensor, "is_floating_point"):  # a torch tensor
+        import torch
+
+        return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+    return not np.issubdtype(tensor.dtype, np.floating) or bool(np.isfinite(tensor).all())

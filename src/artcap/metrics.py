@@ -30,6 +30,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer import ptbtokenizer
 
 from .errors import ArtcapError
+from .text import one_line
 from .text import tokenize as simple_tokenize
 
 __all__ = [
@@ -62,12 +63,6 @@ def java_available() -> bool:
 
 
 # --------------------------------------------------------------------------- tokenisation
-
-
-def _one_line(text: str) -> str:
-    # str.split() also splits on \r, \u2028, \x85...: the Java tokenizer would treat those as
-    # line breaks and shift every later caption onto the wrong image.
-    return " ".join(text.split())
 
 
 def _ptb_tokenize_lines(lines: list[str]) -> list[str]:
@@ -105,7 +100,8 @@ def _ptb_tokenize_lines(lines: list[str]) -> list[str]:
 
 
 def _tokenize_lines(lines: list[str]) -> list[str]:
-    lines = [_one_line(s) for s in lines]
+    # the Java tokenizer treats \r, \u2028, \x85 ... as line breaks: one would shift every later caption
+    lines = [one_line(s) for s in lines]
     if java_available():
         return _ptb_tokenize_lines(lines)
     _warn_once(

@@ -281,5 +281,5 @@ def caption_collection_ray(model: str | Path | None, inputs: Sequence[str | Path
     # The driver's model names the job (its id, the decoding) and never sees an image: torch loads
     # fastest. The actors load the same files with the backend asked for.
     captioner = Captioner.load(model, backend="torch")
-    engine = RayEngine(Path(captioner.config["path"]), options)
+    engine = RayEngine(captioner.folder.path, options)
     return caption_collection(captioner, inputs, out, engine=engine, **job)

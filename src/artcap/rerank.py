@@ -25,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import read_model_config
 from .errors import ArtcapError
-from .io import atomic_write_json, save_tensors
+from .io import save_tensors
 from .text import Vocabulary
 
 log = logging.getLogger("artcap")
@@ -126,28 +125,23 @@ def matcher_for(corpus, settings: MatcherSettings = MatcherSettings()) -> Captio
 
 
 def save_matcher(model_dir: str | Path, matcher: CaptionMatcher, settings: MatcherSettings = MatcherSettings()) -> None:
-    """`matcher.safetensors` and a "matcher" section in config.json (after the decoder's last export)."""
+    """`matcher.safetensors` and the "matcher" section of config.json (after the decoder's last export)."""
+    from .model_folder import MatcherSection, ModelConfig
+
     model_dir = Path(model_dir)
-    save_tensors(model_dir / MATCHER_FILE, matcher.state_dict())
-    config = read_model_config(model_dir)
-    config["matcher"] = {"file": MATCHER_FILE, "feature_dim": matcher.feature_dim, "vocab_size": matcher.vocab_size,
-                         "settings": asdict(settings)}
-    atomic_write_json(model_dir / "config.json", config)
+    config = ModelConfig.read(model_dir)
+    section = MatcherSection(matcher.feature_dim, matcher.vocab_size, matcher.dim)
+    save_tensors(model_dir / section.file, matcher.state_dict())
+    config.with_matcher(section, {k: v for k, v in asdict(settings).items() if k != "dim"}).write(model_dir)
 
 
-def load_matcher(model_dir: str | Path, config: dict) -> CaptionMatcher | None:
+def load_matcher(model_dir: str | Path, config=None) -> CaptionMatcher | None:
     """The model folder's matcher (its config.json's "matcher" section), or None when it has none."""
-    section = config.get("matcher")
+    from .model_folder import ModelConfig, load_module
+
+    config = config or ModelConfig.read(model_dir)
+    section = config.matcher
     if section is None:
         return None
-    path = Path(model_dir) / MATCHER_FILE
-    try:
-        from safetensors.torch import load_file
-
-        matcher = CaptionMatcher(int(section["feature_dim"]), int(section["vocab_size"]),
-                                 int(section["settings"]["dim"]))
-        matcher.load_state_dict(load_file(str(path)))
-    except Exception as e:  # missing, truncated, not safetensors, or sizes that do not fit
-        raise ArtcapError(f"{path}: unreadable caption matcher ({type(e).__name__}: {e}); re-copy the model folder "
-                          f"or train it again with matcher = true") from None
-    return matcher.eval()
+    return load_module(lambda: CaptionMatcher(section.feature_dim, section.vocab_size, section.dim),
+                       Path(model_dir) / section.file, "config.json's matcher section")

@@ -20,6 +20,11 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
 _SENTENCE_END = re.compile(r"[.!?]+(?:\s+|$)")
 
 
+def one_line(text: str) -> str:
+    """Text with every run of white space (line breaks of any kind: \r, \u2028, \x85 ...) as one space."""
+    return " ".join(text.split())
+
+
 def tokenize(text: str) -> list[str]:
     """Lower-case word tokens; punctuation is dropped (as Keras' Tokenizer did in the paper)."""
     return _WORD.findall(text.lower().replace("\u2019", "'"))

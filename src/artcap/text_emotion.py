@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from .data import EMOTIONS, Annotation
 from .errors import ArtcapError
-from .io import _UMASK, atomic_path, atomic_write_json
+from .io import _UMASK, atomic_path, atomic_write_json, read_tensors
 from .text import tokenize
 
 log = logging.getLogger("artcap")
@@ -152,17 +152,17 @@ class TextEmotionClassifier:
                 or meta.get("emotions") != list(EMOTIONS):
             raise ArtcapError(f"{meta_path}: not an artcap text emotion classifier (format {FORMAT} "
                               f"{FORMAT_VERSION}); delete it (it is retrained) or re-copy it")
+        if not weights_path.is_file():
+            raise ArtcapError(f"{weights_path}: missing; delete {meta_path} too (it is retrained) or re-copy both")
+        arrays = read_tensors(weights_path, framework="np")
         try:
-            arrays = load_file(str(weights_path))
             raw = meta["settings"]
             settings = TextEmotionSettings(**{**raw, "word_ngrams": tuple(raw["word_ngrams"]),
                                               "char_ngrams": tuple(raw["char_ngrams"]), "cs": tuple(raw["cs"])})
             vocabularies = meta["vocabularies"]
             idfs = [arrays[f"idf_{n}"].astype(np.float64) for n in range(len(settings.blocks))]
             coef, intercept = arrays["coef"].astype(np.float64), arrays["intercept"].astype(np.float64)
-        except FileNotFoundError:
-            raise ArtcapError(f"{weights_path}: missing; delete {meta_path} too (it is retrained) or re-copy both") from None
-        except Exception as e:  # truncated file, missing key, wrong types
+        except Exception as e:  # missing key, wrong types
             raise ArtcapError(f"{weights_path}: unreadable or does not match {meta_path.name} ({type(e).__name__}); "
                               f"delete both (they are retrained) or re-copy them") from None
         sizes = [len(v) for v in vocabularies]

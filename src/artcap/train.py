@@ -24,13 +24,14 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .checkpoint import export_model, load_checkpoint, load_model_dir, read_splits, save_checkpoint
+from .checkpoint import export_model, load_checkpoint, read_splits, save_checkpoint
 from .config import TrainConfig
 from .corpus import CaptionTable, Corpus, caption_table, load_corpus
 from .errors import ArtcapError
 from .features import FeatureView
 from .io import atomic_write_json
 from .model import DecoderConfig, caption_loss, create_decoder
+from .model_folder import load_decoder
 
 log = logging.getLogger("artcap")
 
@@ -186,7 +187,7 @@ class RunState:
 def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
     """A fresh decoder, or (init_from) the decoder of a model folder, whose vocabulary the corpus then uses."""
     if config.init_from:
-        decoder, vocab, _ = load_model_dir(config.init_from)
+        vocab, decoder = load_decoder(config.init_from)
         if decoder.config.feature_dim != corpus.features.dim or decoder.config.kind != config.decoder:
             raise ArtcapError(f"init_from {config.init_from}: its decoder ({decoder.config.kind}, "
                               f"{decoder.config.feature_dim}-d features) does not fit this config "

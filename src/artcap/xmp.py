@@ -38,7 +38,9 @@ from typing import Any, Mapping
 
 from . import __version__
 from .errors import ArtcapError
+from .images import single_input_folder
 from .io import atomic_write_text
+from .text import one_line
 
 ARTCAP_NS = "https://artcap.invalid/xmp/1.0/"  # an identifier, never fetched (.invalid can be nobody's domain)
 RDF_NS = "http://www.w3.org/1999/02/22-rdf-syntax-ns#"
@@ -84,10 +86,6 @@ class CaptionMetadata:
         return [(IPTC_CORE_NS, "AltTextAccessibility"), (DC_NS, "description")]
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 # ---- sidecars -----------------------------------------------------------------------------------------
 
 def sidecar_path(image: str | os.PathLike, *, xmp_dir: str | os.PathLike | None = None,
@@ -106,10 +104,7 @@ def sidecar_path(image: str | os.PathLike, *, xmp_dir: str | os.PathLike | None 
 def mirror_root(inputs) -> Path:
     """The folder a job's mirror tree (--xmp-dir) is relative to: the input folder when one folder
     is captioned (as the record file's paths are), else the current folder."""
-    inputs = list(inputs)
-    if len(inputs) == 1 and Path(inputs[0]).is_dir():
-        return Path(inputs[0])
-    return Path.cwd()
+    return single_input_folder(inputs) or Path.cwd()
 
 
 def _mirror_relative(image: Path, root: Path | None) -> PurePath:
@@ -263,13 +258,13 @@ def find_exiftool() -> str:
 
 def exiftool_arguments(metadata: CaptionMetadata) -> list[str]:
     """The exiftool tag assignments that write `metadata` (the same properties as a sidecar)."""
-    caption = _one_line(metadata.caption)
+    caption = one_line(metadata.caption)
     arguments = []
     for group, name in [("XMP-iptcCore", "AltTextAccessibility"), ("XMP-dc", "Description")]:
         arguments += [f"-{group}:{name}={caption}", f"-{group}:{name}-en={caption}"]
     values = {"XMP-xmp:CreatorTool": metadata.creator_tool, "XMP-artcap:Model": metadata.model_id,
               "XMP-artcap:Decoding": metadata.decoding_json, "XMP-artcap:Emotion": metadata.emotion}
-    arguments += [f"-{tag}={_one_line(value) if value is not None else ''}" for tag, value in values.items()]
+    arguments += [f"-{tag}={one_line(value) if value is not None else ''}" for tag, value in values.items()]
     return arguments
 
 
@@ -328,7 +323,7 @@ class ExifTool:
             if line.rstrip(b"\r\n") == ready:
                 return b"".join(output).decode("utf-8", "replace")
             output.append(line)
-        raise ArtcapError(f"exiftool stopped unexpectedly: {_one_line(b''.join(output).decode('utf-8', 'replace'))}")
+        raise ArtcapError(f"exiftool stopped unexpectedly: {one_line(b''.join(output).decode('utf-8', 'replace'))}")
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -357,7 +352,7 @@ def _embed_error(image: Path, output: str) -> str | None:
     if re.search(r"^\s*1 image files? (updated|unchanged)", output, re.MULTILINE):
         return None
     errors = [line.strip() for line in output.splitlines() if line.strip().startswith("Error")]
-    reason = "; ".join(errors) or _one_line(output) or "exiftool wrote nothing"
+    reason = "; ".join(errors) or one_line(output) or "exiftool wrote nothing"
     reason = reason.replace(f" - {os.path.abspath(image)}", "")  # the path is named once, at the front
     return f"{image}: exiftool could not write the metadata ({reason})"
 
