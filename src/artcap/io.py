@@ -99,7 +99,8 @@ def read_tensors(path: str | os.PathLike, expected: dict[str, tuple[int, ...]] |
 
     path = Path(path)
     if not path.is_file():
-        raise ArtcapError(f"{path}: missing; the model folder is incomplete — re-copy it")
+        named = f" ({fits} names it)" if fits else ""
+        raise ArtcapError(f"{path}: missing{named}; the model folder is incomplete — re-copy it")
     try:
         with safe_open(str(path), framework="np") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

@@ -62,10 +62,17 @@ def _short_text(value: str) -> bool:
     return 0 < len(value) <= MAX_NAME and value.isprintable()
 
 
+def _encoder_name(value: str) -> bool:
+    from .encoders import list_encoders
+
+    return value in list_encoders() or (value.startswith("timm:") and _short_text(value))
+
+
 @dataclass(frozen=True)
 class EncoderSection:
-    name: str = setting("efficientnet-lite0", "the image network (encoders.list_encoders())", check=_short_text,
-                        allowed="an encoder name (efficientnet-lite0, timm:NAME, ...)")
+    name: str = setting("efficientnet-lite0", "the image network (encoders.list_encoders())", check=_encoder_name,
+                        allowed="an encoder artcap knows (efficientnet-lite0, efficientnet-lite2, xception, "
+                                "timm:NAME)")
     weights: str = setting("imagenet", "the encoder's weights; file: encoder.safetensors in the folder",
                            choices=("imagenet", "random", "file"))
     image_size: int = setting(0, "input pixels a side; 0: the encoder's native size", off=0, low=16,
@@ -233,7 +240,7 @@ def _parse(cls: type[ModelConfig], raw: Any, source: str) -> ModelConfig:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArtcapError(f"{source}: not an artcap model config (no \"format\": \"{FORMAT}\")")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise ArtcapError(f"{source}: model format version {raw.get('format_version')!r} is not supported by "
+        raise ArtcapError(f"{source}: format_version {raw.get('format_version')!r} is not supported by "
                           f"artcap {__version__} (expects {FORMAT_VERSION}); upgrade artcap or retrain")
     _refuse_unknown(raw, _TOP_KEYS, "")
     max_len = _value(raw, "max_len", int, required=True)
@@ -245,7 +252,11 @@ def _parse(cls: type[ModelConfig], raw: Any, source: str) -> ModelConfig:
             raise ArtcapError(f"key decoder.{key} is missing; the model folder is damaged")
     DecoderBounds.check(decoder)
     decoder = DecoderConfig.from_dict(dict(decoder), source).to_dict()  # the decoder's own checks; its defaults
-    features = _mapping(raw, "features") or {"kind": decoder_feature_kind(decoder["kind"])}
+    reads = decoder_feature_kind(decoder["kind"])
+    features = _mapping(raw, "features") or {"kind": reads}
+    if features.get("kind") != reads:
+        raise ArtcapError(f"features.kind is {features.get('kind')!r} but a {decoder['kind']} decoder reads {reads} "
+                          f"features; the model folder is damaged")
     emotion, emotion_training = _emotion_section(raw)
     matcher, matcher_settings = _matcher_section(raw)
     preset = _value(raw, "preset", str) or "paper"
@@ -361,6 +372,7 @@ class ModelFolder:
 
         path = Path(path)
         config = ModelConfig.read(path)
+        _check_parts_agree(config, path / CONFIG_FILE)
         return cls(path, config, *load_decoder(path, config), load_emotion_head(path, config),
                    load_matcher(path, config), source)
 
@@ -379,6 +391,21 @@ class ModelFolder:
         from .text_emotion import VOCAB_FILE as JUDGE_FILE, TextEmotionClassifier
 
         return TextEmotionClassifier.load(self.path) if (self.path / JUDGE_FILE).is_file() else None
+
+
+def _check_parts_agree(config: ModelConfig, source: Path) -> None:
+    """The emotion head and the matcher read the decoder's image features (and the matcher its words)."""
+    features, words = config.decoder["feature_dim"], config.decoder["vocab_size"]
+    pairs = [("emotion.feature_dim", config.emotion and config.emotion.feature_dim, features),
+             ("matcher.feature_dim", config.matcher and config.matcher.feature_dim, features),
+             ("matcher.vocab_size", config.matcher and config.matcher.vocab_size, words)]
+    for name, value, expected in pairs:
+        if value is not None and value != expected:
+            raise ArtcapError(f"{source}: {name} is {value} but the decoder's is {expected}; the parts of the model "
+                              f"folder come from different runs — re-copy it")
+    if config.decoding.rerank and config.matcher is None:
+        raise ArtcapError(f"{source}: decoding.rerank is true but there is no matcher section to rerank with; set "
+                          f"it to false or re-copy the model folder")
 
 
 def load_decoder(path: str | Path, config: ModelConfig | None = None) -> tuple[Vocabulary, nn.Module]:

@@ -177,4 +177,4 @@ def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
