@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import ArtcapError
+from .errors import ArtcapError, first_line
 
 
 @dataclass
@@ -65,8 +66,26 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
         x = images.to(self.mean.device, torch.float32) / 255.0
-        grid = getattr(self.model, self.features_method)((x - self.mean) / self.std)
+        grid = as_grid(getattr(self.model, self.features_method)((x - self.mean) / self.std), self.feature_dim,
+                       getattr(self.model, "num_prefix_tokens", 0), self.name)
         return EncoderOutput(pooled=grid.mean(dim=(2, 3)), grid=grid)
+
+
+def as_grid(features: torch.Tensor, channels: int, prefix_tokens: int = 0, name: str = "encoder") -> torch.Tensor:
+    """A network's last features as a [B, C, h, w] map: a CNN's map as it is, a channels-last map
+    [B, h, w, C] (Swin) transposed, a vision transformer's tokens [B, prefix + h*w, C] without the
+    class/register tokens, laid out on their square grid of patches."""
+    if features.dim() == 4 and features.size(1) != channels and features.size(-1) == channels:
+        return features.permute(0, 3, 1, 2)
+    if features.dim() == 3 and features.size(-1) == channels:
+        patches = features[:, prefix_tokens:]
+        side = math.isqrt(patches.size(1))
+        if side * side == patches.size(1) and side > 0:
+            return patches.transpose(1, 2).reshape(len(features), channels, side, side)
+    if features.dim() == 4 and features.size(1) == channels:
+        return features
+    raise ArtcapError(f"{name}: its features have shape {list(features.shape)}, neither a [B, {channels}, h, w] map "
+                      f"nor a square grid of [B, tokens, {channels}] patch tokens; choose another encoder")
 
 
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
@@ -229,11 +248,34 @@ def _timm_encoder(timm_name: str, weights: str, image_size: int | None, display_
             f"could not download ImageNet weights for {display_name} from timm's hub ({type(e).__name__}); "
             f"you may be offline — pass --encoder-weights FILE with a local copy (.safetensors or .pth)"
         ) from None
+    cfg = model.pretrained_cfg
+    native = cfg["input_size"][-1]
+    if image_size and image_size != native and hasattr(model, "patch_embed"):
+        # a vision transformer is built for one input size: rebuild it for this one (timm resamples the
+        # position embeddings of pretrained weights)
+        with contextlib.redirect_stdout(sys.stderr):
+            model = timm.create_model(timm_name, pretrained=weights == "imagenet", num_classes=0, global_pool="",
+                                      img_size=image_size)
     if weights not in ("imagenet", "random"):
         _load_into(model, weights, display_name)
-    cfg = model.pretrained_cfg
-    return Encoder(display_name, model, "forward_features", model.num_features,
-                   image_size or cfg["input_size"][-1], cfg["mean"], cfg["std"], _weights_id(weights))
+    encoder = Encoder(display_name, model, "forward_features", model.num_features, image_size or native,
+                      cfg["mean"], cfg["std"], _weights_id(weights))
+    _probe(encoder)
+    return encoder
+
+
+def _probe(encoder: Encoder) -> None:
+    """One blank image through a timm network, so one that cannot take this input size or gives features
+    artcap cannot read is refused now, in one line, not at the first caption."""
+    try:
+        with torch.inference_mode():
+            encoder.eval()(torch.zeros(1, 3, encoder.image_size, encoder.image_size, dtype=torch.uint8))
+    except ArtcapError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a network that cannot run on this input: one line
+        raise ArtcapError(f"{encoder.name}: cannot encode {encoder.image_size} px images ({type(e).__name__}: "
+                          f"{first_line(e)[:150]}); set image_size to its native size or choose another encoder"
+                          ) from None
 
 
 # The paper's encoder: Keras Xception, 2048-d average-pooled features of 128x128 images.
