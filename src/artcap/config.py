@@ -14,6 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .data import SPLIT_SEED
 from .errors import ArtcapError
 from .io import atomic_write_text
 
@@ -25,7 +26,7 @@ class TrainConfig:
     images: str = ""  # the image folder (WikiArt layout for ArtEmis)
     preset: str = "paper"  # paper | artemis (see artcap.data.prepare)
     skip_missing: bool = False  # go on without bad rows / unreadable images instead of stopping
-    split_seed: int = 2021
+    split_seed: int = SPLIT_SEED
     # encoder and feature cache
     encoder: str = "efficientnet-lite0"  # xception | efficientnet-lite0 | efficientnet-lite2 | timm:<name>
     encoder_weights: str = "imagenet"  # imagenet | random | path to a state dict

@@ -164,7 +164,11 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def make_splits(image_ids: Iterable[str], seed: int = 2021) -> dict[str, list[str]]:
+# The split of a data set into train/val/test when none is given: training and evaluation must make the same one.
+SPLIT_SEED = 2021
+
+
+def make_splits(image_ids: Iterable[str], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
     """Split by image (never by caption): 85/5/10 as ArtEmis, reproducible from the seed."""
     ids = sorted(set(image_ids))
     random.Random(seed).shuffle(ids)
@@ -275,7 +279,7 @@ def prepare(
     annotations: Sequence[Annotation],
     preset: str,
     splits: dict[str, list[str]] | None = None,
-    seed: int = 2021,
+    seed: int = SPLIT_SEED,
     require: Sequence[str] = ("train",),
 ) -> CaptionData:
     """Apply a preprocessing preset.

@@ -40,7 +40,7 @@ from .checkpoint import read_splits
 from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
 from .config import TrainConfig
-from .data import read_annotations, references
+from .data import SPLIT_SEED, read_annotations, references
 from .errors import ArtcapError
 from .io import atomic_write_json, atomic_write_text
 from .metrics import COCO_KEYS, evaluate_captions, format_markdown_table, java_available, top_caption_share
@@ -48,7 +48,6 @@ from .metrics import COCO_KEYS, evaluate_captions, format_markdown_table, java_a
 log = logging.getLogger("artcap")
 
 SPLITS = ("test", "val", "all")
-DEFAULT_SPLIT_SEED = 2021
 FIRST_N_PAPER = 20
 TABLE_COLUMNS = [*COCO_KEYS, "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied",
                  "top caption share"]
@@ -116,9 +115,9 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
     if splits is None:
         if split != "all":
             log.warning("no splits.json beside the model: recreating the split from %s with the default seed %d",
-                        data, DEFAULT_SPLIT_SEED)
-        source = f"recreated with make_splits(seed={DEFAULT_SPLIT_SEED})"
-    # Without splits, prepare() makes them exactly as training did (make_splits, seed 2021).
+                        data, SPLIT_SEED)
+        source = f"recreated with make_splits(seed={SPLIT_SEED})"
+    # Without splits, prepare() makes them exactly as training did (make_splits, SPLIT_SEED).
     corpus = load_corpus(config, splits, device=captioner.device, progress=progress, annotations=annotations,
                          spec=captioner.feature_spec, backend=backend)
     ids = corpus.data.split_ids(split)

@@ -240,8 +240,8 @@ def _parse(cls: type[ModelConfig], raw: Any, source: str) -> ModelConfig:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArtcapError(f"{source}: not an artcap model config (no \"format\": \"{FORMAT}\")")
     if raw.get("format_version") != FORMAT_VERSION:
-        raise ArtcapError(f"{source}: format_version {raw.get('format_version')!r} is not supported by "
-                          f"artcap {__version__} (expects {FORMAT_VERSION}); upgrade artcap or retrain")
+        raise ArtcapError(f"{source}: model format version {raw.get('format_version')!r} is not supported by "
+                          f"artcap {__version__} (format_version must be {FORMAT_VERSION}); upgrade artcap or retrain")
     _refuse_unknown(raw, _TOP_KEYS, "")
     max_len = _value(raw, "max_len", int, required=True)
     if not 1 <= max_len <= MAX_CAPTION_WORDS:
