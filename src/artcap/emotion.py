@@ -26,7 +26,6 @@ from torch import nn
 
 from .data import EMOTIONS, Annotation
 from .errors import ArtcapError
-from .io import save_tensors
 
 NUM_EMOTIONS = len(EMOTIONS)
 HEAD_FILE = "emotion.safetensors"
@@ -405,23 +404,17 @@ def benchmark_emotion_head(corpus, settings: EmotionSettings | None = None) -> d
 def save_emotion_head(model_dir: str | Path, head: EmotionHead, report: dict[str, Any] | None = None) -> None:
     """Write `emotion.safetensors` and the "emotion" section of the folder's config.json (sizes, the training report
     without its curve). Call it after the decoder's last export: that writes config.json anew."""
-    from .model_folder import EmotionSection, ModelConfig
+    from .model_folder import EmotionSection, write_part
 
-    model_dir = Path(model_dir)
-    config = ModelConfig.read(model_dir)
     section = EmotionSection(head.feature_dim, head.hidden_dim, head.members)
-    save_tensors(model_dir / section.file, head.state_dict())
     training = {k: v for k, v in (report or {}).items() if k != "history"}
-    config.with_emotion(section, training).write(model_dir)
+    write_part(model_dir, head, section.file, lambda config: config.with_emotion(section, training))
 
 
 def load_emotion_head(model_dir: str | Path, config=None) -> EmotionHead | None:
     """The model folder's emotion head, or None when its config.json has no "emotion" section."""
-    from .model_folder import ModelConfig, load_module
+    from .model_folder import ModelConfig, load_part
 
     config = config or ModelConfig.read(model_dir)
-    section = config.emotion
-    if section is None:
-        return None
-    return load_module(lambda: EmotionHead(section.feature_dim, section.hidden_dim, section.members),
-                       Path(model_dir) / section.file, "config.json's emotion section")
+    return load_part(model_dir, config.emotion, lambda s: EmotionHead(s.feature_dim, s.hidden_dim, s.members),
+                     "emotion")

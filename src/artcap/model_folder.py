@@ -353,6 +353,23 @@ def load_module(build: Callable[[], nn.Module], path: Path, fits: str) -> nn.Mod
     return module.eval()
 
 
+def write_part(folder: str | Path, module: nn.Module, file: str, update: Callable[[ModelConfig], ModelConfig]) -> None:
+    """A part's weights, then its section of config.json: `update` changes only that section of the config as read,
+    so parts written in any order give the same folder."""
+    from .io import save_tensors
+
+    config = ModelConfig.read(folder)
+    save_tensors(Path(folder) / file, module.state_dict())
+    update(config).write(folder)
+
+
+def load_part(folder: str | Path, section: Any, build: Callable[[Any], nn.Module], name: str) -> nn.Module | None:
+    """The part a config.json section describes (`build(section)` with the weights in `section.file`), or None."""
+    if section is None:
+        return None
+    return load_module(lambda: build(section), Path(folder) / section.file, f"config.json's {name} section")
+
+
 @dataclass
 class ModelFolder:
     """Everything a model folder holds, loaded and checked together (on the CPU)."""

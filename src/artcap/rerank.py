@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ArtcapError
-from .io import save_tensors
 from .text import Vocabulary
 
 log = logging.getLogger("artcap")
@@ -126,22 +125,17 @@ def matcher_for(corpus, settings: MatcherSettings = MatcherSettings()) -> Captio
 
 def save_matcher(model_dir: str | Path, matcher: CaptionMatcher, settings: MatcherSettings = MatcherSettings()) -> None:
     """`matcher.safetensors` and the "matcher" section of config.json (after the decoder's last export)."""
-    from .model_folder import MatcherSection, ModelConfig
+    from .model_folder import MatcherSection, write_part
 
-    model_dir = Path(model_dir)
-    config = ModelConfig.read(model_dir)
     section = MatcherSection(matcher.feature_dim, matcher.vocab_size, matcher.dim)
-    save_tensors(model_dir / section.file, matcher.state_dict())
-    config.with_matcher(section, {k: v for k, v in asdict(settings).items() if k != "dim"}).write(model_dir)
+    trained = {k: v for k, v in asdict(settings).items() if k != "dim"}
+    write_part(model_dir, matcher, section.file, lambda config: config.with_matcher(section, trained))
 
 
 def load_matcher(model_dir: str | Path, config=None) -> CaptionMatcher | None:
     """The model folder's matcher (its config.json's "matcher" section), or None when it has none."""
-    from .model_folder import ModelConfig, load_module
+    from .model_folder import ModelConfig, load_part
 
     config = config or ModelConfig.read(model_dir)
-    section = config.matcher
-    if section is None:
-        return None
-    return load_module(lambda: CaptionMatcher(section.feature_dim, section.vocab_size, section.dim),
-                       Path(model_dir) / section.file, "config.json's matcher section")
+    return load_part(model_dir, config.matcher, lambda s: CaptionMatcher(s.feature_dim, s.vocab_size, s.dim),
+                     "matcher")
