@@ -86,7 +86,7 @@ def test_weights_from_file_and_random_only_by_name(tmp_path):
     with torch.inference_mode():
         assert torch.allclose(loaded(x).pooled, random_xception(x).pooled)
     (tmp_path / "junk.safetensors").write_bytes(b"not weights")
-    with pytest.raises(ArtcapError, match="junk.safetensors: cannot read weights"):
+    with pytest.raises(ArtcapError, match="junk.safetensors: unreadable weights"):
         create_encoder("xception", weights=tmp_path / "junk.safetensors")
     with pytest.raises(ArtcapError, match="unknown encoder"):
         create_encoder("vgg-nope")

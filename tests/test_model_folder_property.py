@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, event, example, given, settings
@@ -213,8 +214,6 @@ def test_model_config_round_trips_for_every_shipped_model(tmp_path):
 
 def test_emotion_head_and_matcher_training_write_through_model_config(tmp_path):
     """Real (tiny) training of both parts into a folder without them: config.json gains exactly their sections."""
-    import numpy as np
-
     from artcap.emotion import EmotionSettings, EmotionSplit, fit_emotion_head, save_emotion_head
     from artcap.rerank import MatcherSettings, save_matcher, train_matcher
 
@@ -251,3 +250,18 @@ def test_an_unknown_key_and_a_wrong_type_name_the_field(tmp_path):
     (tmp_path / "fast" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ArtcapError, match=r"config.json: decoder.vocab_size must be from 5 to 1000000, got '2208'"):
         ModelConfig.read(tmp_path / "fast")
+
+
+def test_the_two_entry_points_take_images_features_or_pixels_alike():
+    captioner = Captioner.load("sat", backend="torch")
+    pixels = captioner.preprocess([PAINTING, PAINTING])
+    by_image = captioner.describe([PAINTING, PAINTING], beam=2, with_attention=True)
+    by_features = captioner.describe(captioner.encode(pixels), beam=2, with_attention=True)
+    for a, b in zip(by_features, by_image, strict=True):
+        assert (a.caption, a.words, a.emotion, a.emotion_scores) == (b.caption, b.words, b.emotion, b.emotion_scores)
+        np.testing.assert_array_equal(a.attention, b.attention)
+    assert captioner.caption(pixels, beam=2) == [d.caption for d in by_image]
+    assert by_image[0].attention.shape == (len(by_image[0].words), 49)  # each word's map over the 7x7 grid
+    assert captioner.describe([]) == [] and captioner.caption([]) == []
+    with pytest.raises(ArtcapError, match="no attention"):
+        Captioner.load("fast", backend="torch").describe([PAINTING], with_attention=True)

@@ -137,7 +137,7 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from .io import read_tensors
 
-        return read_tensors(path)
+        return read_tensors(path, fix="pass a .safetensors or .pth state dict of this encoder")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, wrong format, or a pickle that is not plain tensors

@@ -91,16 +91,16 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 
 def read_tensors(path: str | os.PathLike, expected: dict[str, tuple[int, ...]] | None = None, fits: str = "",
-                 framework: str = "pt") -> dict:
+                 framework: str = "pt", fix: str = "re-copy the model folder or retrain") -> dict:
     """A safetensors file's tensors, or one line: missing, unreadable, (with `expected`: {name: shape}) of other
     names or shapes than `fits` says — checked on the header, before any tensor is read — or holding NaN or
-    infinity. `framework`: "pt" (torch tensors) or "np" (numpy arrays)."""
+    infinity. `framework`: "pt" (torch tensors) or "np" (numpy arrays); `fix`: what the message tells the user to do."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         named = f" ({fits} names it)" if fits else ""
-        raise ArtcapError(f"{path}: missing{named}; the model folder is incomplete — re-copy it")
+        raise ArtcapError(f"{path}: missing{named}; {fix}")
     try:
         with safe_open(str(path), framework="np") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -115,11 +115,11 @@ def read_tensors(path: str | os.PathLike, expected: dict[str, tuple[int, ...]] |
         raise
     except Exception as e:  # truncated, not safetensors, unreadable
         raise ArtcapError(f"{path}: unreadable weights ({type(e).__name__}); the file is truncated or not "
-                          f"safetensors — re-copy the model folder or retrain") from None
+                          f"safetensors — {fix}") from None
     for name, tensor in tensors.items():
         if not _all_finite(tensor):
             raise ArtcapError(f"{path}: tensor {name} holds NaN or infinity, so the model cannot produce a caption; "
-                              f"the weights are damaged (or training diverged) — re-copy the model folder or retrain")
+                              f"the weights are damaged (or training diverged) — {fix}")
     return tensors
 
 

@@ -154,7 +154,8 @@ class TextEmotionClassifier:
                               f"{FORMAT_VERSION}); delete it (it is retrained) or re-copy it")
         if not weights_path.is_file():
             raise ArtcapError(f"{weights_path}: missing; delete {meta_path} too (it is retrained) or re-copy both")
-        arrays = read_tensors(weights_path, framework="np")
+        arrays = read_tensors(weights_path, framework="np",
+                              fix=f"delete it and {meta_path.name} (they are retrained) or re-copy both")
         try:
             raw = meta["settings"]
             settings = TextEmotionSettings(**{**raw, "word_ngrams": tuple(raw["word_ngrams"]),
