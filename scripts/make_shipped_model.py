@@ -10,6 +10,7 @@ half-precision decoder weights, scored with its baselines on the held-out test s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import shutil
@@ -24,7 +25,8 @@ from safetensors.torch import load_file
 import artcap
 from artcap.config import TrainConfig, load_config
 from artcap.evaluate import evaluate
-from artcap.io import atomic_write_json, atomic_write_text, save_tensors
+from artcap.io import atomic_write_text, save_tensors
+from artcap.model_folder import ModelConfig
 from artcap.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +74,9 @@ def install(name: str, model_dir: Path, config: TrainConfig, summary: str) -> Pa
     shutil.copytree(model_dir, staging)
     weights = staging / "model.safetensors"
     save_tensors(weights, {k: v.half() for k, v in load_file(str(weights)).items()})
-    model_config = json.loads((staging / "config.json").read_text())
-    model_config.update(model_id=f"artcap-{name}", summary=summary,
-                        decoding=config.decoding(model_config["max_len"]).to_dict())
-    atomic_write_json(staging / "config.json", model_config)
+    model_config = ModelConfig.read(staging)
+    dataclasses.replace(model_config, model_id=f"artcap-{name}", summary=summary,
+                        decoding=config.decoding(model_config.max_len)).write(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
