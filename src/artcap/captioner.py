@@ -23,7 +23,7 @@ from .errors import ArtcapError
 from .features import pooled_vectors
 from .images import to_rgb_image
 from .model import emotion_ids
-from .model_folder import ModelFolder
+from .model_folder import ModelFolder, folder_of
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -52,9 +52,7 @@ def resolve_model_path(spec: str | os.PathLike | None) -> tuple[Path, str | None
     if not path.exists():
         raise ArtcapError(f"{path}: no such model folder; pass a model or run folder, a shipped model "
                           f"({', '.join(shipped_models())}) or hf:OWNER/NAME")
-    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
-        path = path / "model"  # a run folder: use its best model
-    return path, None
+    return folder_of(path), None
 
 ImageInput = Image.Image | np.ndarray | str | Path
 """A path (str or Path), a PIL image, or a uint8 numpy array (HxWx3, HxW or HxWx4): see images.to_rgb_image."""

@@ -179,9 +179,9 @@ def _as_list(value: Any) -> list[Any]:
 
 def model_folder(path: str | os.PathLike) -> Path:
     """The model folder to push: `path`, or a run folder's `model/`."""
-    path = Path(path)
-    if (path / "model" / "config.json").is_file() and not (path / "config.json").is_file():
-        path = path / "model"
+    from .model_folder import folder_of
+
+    path = folder_of(path)
     missing = [name for name in MODEL_FILES if not (path / name).is_file()]
     if not path.is_dir() or missing:
         raise ArtcapError(f"{path}: not an artcap model folder (missing {', '.join(missing) or 'the folder'}); "

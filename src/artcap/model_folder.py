@@ -353,6 +353,14 @@ def load_module(build: Callable[[], nn.Module], path: Path, fits: str) -> nn.Mod
     return module.eval()
 
 
+def folder_of(path: str | Path) -> Path:
+    """A model folder as users name it: the folder itself, or a run folder (then its best model, `model/`)."""
+    path = Path(path)
+    if (path / "model" / CONFIG_FILE).is_file() and not (path / CONFIG_FILE).is_file():
+        return path / "model"
+    return path
+
+
 def write_part(folder: str | Path, module: nn.Module, file: str, update: Callable[[ModelConfig], ModelConfig]) -> None:
     """A part's weights, then its section of config.json: `update` changes only that section of the config as read,
     so parts written in any order give the same folder."""
