@@ -265,3 +265,41 @@ def test_the_two_entry_points_take_images_features_or_pixels_alike():
     assert captioner.describe([]) == [] and captioner.caption([]) == []
     with pytest.raises(ArtcapError, match="no attention"):
         Captioner.load("fast", backend="torch").describe([PAINTING], with_attention=True)
+
+
+def _valid_values(cls, **fixed):
+    """A strategy for a settings section: every field within its declared range (settings.Spec)."""
+    from dataclasses import fields as dataclass_fields
+
+    from artcap.settings import field_type, spec_of
+
+    def one(f):
+        spec, kind = spec_of(f), field_type(cls, f)
+        if f.name in fixed:
+            return fixed[f.name]
+        if spec.choices is not None:
+            return st.sampled_from(spec.options())
+        if kind is int:
+            return st.integers(int(spec.low), int(spec.high))
+        return st.just(f.default)
+
+    return st.builds(cls, **{f.name: one(f) for f in dataclass_fields(cls)})
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_any_valid_model_config_round_trips(data, tmp_path_factory):
+    from artcap.model_folder import EmotionSection, EncoderSection, FeaturesSection, MatcherSection
+
+    base = ModelConfig.read(FAST)
+    config = dataclasses.replace(
+        base,
+        encoder=data.draw(_valid_values(EncoderSection, name=st.sampled_from(["efficientnet-lite2", "timm:vit_x"]))),
+        features=data.draw(_valid_values(FeaturesSection, kind=st.just("pooled"))),
+        emotion=data.draw(st.none() | _valid_values(EmotionSection, file=st.sampled_from(["e.safetensors"]))),
+        matcher=data.draw(st.none() | _valid_values(MatcherSection)),
+        model_id=data.draw(st.text(min_size=1, max_size=20)), summary=data.draw(st.text(max_size=20)),
+        decoding=base.decoding.with_overrides(beam=data.draw(st.integers(1, 20))))
+    folder = tmp_path_factory.mktemp("config")
+    config.write(folder)
+    assert ModelConfig.read(folder) == config

@@ -174,6 +174,13 @@ class ModelConfig:
     matcher_settings: dict[str, Any] = field(default_factory=dict)
     artcap_version: str = __version__
 
+    def __post_init__(self) -> None:
+        # a report belongs to its part: without the part there is no report (so write -> read is equal)
+        if self.emotion is None:
+            object.__setattr__(self, "emotion_training", {})
+        if self.matcher is None:
+            object.__setattr__(self, "matcher_settings", {})
+
     def decoder_config(self, source: str = CONFIG_FILE) -> DecoderConfig:
         return DecoderConfig.from_dict(dict(self.decoder), source)
 
