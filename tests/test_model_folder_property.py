@@ -263,6 +263,8 @@ def test_the_two_entry_points_take_images_features_or_pixels_alike():
     assert captioner.caption(pixels, beam=2) == [d.caption for d in by_image]
     assert by_image[0].attention.shape == (len(by_image[0].words), 49)  # each word's map over the 7x7 grid
     assert captioner.describe([]) == [] and captioner.caption([]) == []
+    with pytest.raises(ArtcapError, match="unknown decoding setting 'beem'; known: beam, max_len"):
+        captioner.caption([PAINTING], beem=3)
     with pytest.raises(ArtcapError, match="no attention"):
         Captioner.load("fast", backend="torch").describe([PAINTING], with_attention=True)
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -110,6 +110,10 @@ class Captioner:
 
     def resolve_decoding(self, decoding: DecodingConfig | None = None, **overrides) -> DecodingConfig:
         """`decoding` (default: the model's) with any non-None keyword settings changed, checked."""
+        known = [f.name for f in fields(DecodingConfig)]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ArtcapError(f"unknown decoding setting {unknown[0]!r}; known: {', '.join(known)}")
         return (decoding or self.decoding).with_overrides(**overrides)
 
     @property
