@@ -41,7 +41,8 @@ from .text import Vocabulary
 
 FORMAT = "artcap-model"
 FORMAT_VERSION = 1
-CONFIG_FILE, VOCAB_FILE, DECODER_FILE, ENCODER_FILE = "config.json", "vocab.json", "model.safetensors", "encoder.safetensors"
+CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
+DECODER_FILE, ENCODER_FILE = "model.safetensors", "encoder.safetensors"
 EMOTION_FILE, MATCHER_FILE = "emotion.safetensors", "matcher.safetensors"
 
 # The bounds on what a model folder may ask for. Generous for any model artcap trains (the shipped ones use
@@ -269,7 +270,8 @@ def _parse(cls: type[ModelConfig], raw: Any, source: str) -> ModelConfig:
     preset = _value(raw, "preset", str) or "paper"
     if preset not in PRESETS:
         raise ArtcapError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-    return cls(encoder=_section(EncoderSection, _encoder_values(raw), "encoder", optional=("image_size",)), decoder=decoder, max_len=max_len,
+    encoder = _section(EncoderSection, _encoder_values(raw), "encoder", optional=("image_size",))
+    return cls(encoder=encoder, decoder=decoder, max_len=max_len,
                decoding=DecodingConfig.from_dict({"max_len": max_len, **_mapping(raw, "decoding")}, source),
                features=_section(FeaturesSection, features, "features", optional=("grid_size",)),
                model_id=_value(raw, "model_id", str) or "artcap", preset=preset,
@@ -342,7 +344,8 @@ def _value(values: dict, key: str, kind: type, required: bool = False) -> Any:
         return None
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ArtcapError(f"key {key} is missing or not a{'n' if kind is int else ''} {kind.__name__} "
-                          f"(got {value!r}); the model folder is damaged — re-copy it or export it again from its run")
+                          f"(got {value!r}); the model folder is damaged — re-copy it or export it again from its "
+                          f"run")
     return value
 
 
