@@ -118,7 +118,8 @@ def bounded_memory(extra_bytes: int = 3 << 30):
     vm_size = next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
                    if line.startswith("VmSize:"))
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (vm_size + extra_bytes, hard))
+    limit = vm_size + extra_bytes if hard == resource.RLIM_INFINITY else min(vm_size + extra_bytes, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     try:
         yield
     finally:
