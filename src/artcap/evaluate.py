@@ -234,7 +234,7 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
         t0 = time.perf_counter()
         nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
         captions[nn.name] = nn.caption(evalset.features if evalset.features.ndim == 2
-                                                else evalset.features.mean(axis=1))
+                                       else evalset.features.mean(axis=1))
         constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
                                                       evalset.train_references))
         captions[constant.name] = constant.caption(evalset.features)
