@@ -80,8 +80,19 @@ def weights_damage(draw):
     return (name, (tensor,), action, None)
 
 
+@st.composite
+def vocab_damage(draw):
+    action = draw(st.sampled_from(["drop", "add", "replace"]))
+    return ("vocab.json", ("vocabulary",), action, draw(BAD_VALUES) if action == "replace" else None)
+
+
 def damage(folder: Path, change) -> None:
     file, path, action, value = change
+    if file == "vocab.json":
+        words = json.loads((folder / file).read_text())
+        new = words[:-1] if action == "drop" else words + ["zebra"] if action == "add" else value
+        (folder / file).write_text(json.dumps(new))
+        return
     if file == "config.json":
         config = json.loads((folder / file).read_text())
         *parents, last = path
@@ -137,10 +148,14 @@ def expect_one_line_or_a_caption(folder: Path, change, encoders: dict) -> None:
         event(f"refused: {file}")
         assert "\n" not in message and str(folder) in message, message
         names = {path[-1], *path[:1]} if file == "config.json" else {path[0]}
-        if action == "add":
+        if file == "vocab.json":
+            names = {"vocabulary", "words"}
+        elif action == "add":
             names = {"unexpected_key"} if file == "config.json" else {"unexpected.weight"}
         assert any(n in message for n in names), f"{message!r} names none of {names}"
-        if file != "config.json":
+        if file not in ("config.json", "vocab.json"):
+            assert file in message, message
+        if file == "vocab.json":
             assert file in message, message
         return
     event(f"accepted: {file}")
@@ -161,7 +176,7 @@ def encoders():
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(change=st.one_of(config_damage(), weights_damage()))
+@given(change=st.one_of(config_damage(), weights_damage(), vocab_damage()))
 @example(change=("config.json", ("decoder", "vocab_size"), "set", 10**9))
 @example(change=("config.json", ("decoder", "hidden_dim"), "set", 10**6))
 @example(change=("config.json", ("encoder", "image_size"), "set", 10**5))
