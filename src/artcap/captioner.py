@@ -23,7 +23,7 @@ from .encoders import Encoder, EncoderSpec
 from .errors import ArtcapError
 from .features import FeatureSpec
 from .images import to_rgb_image
-from .model import emotion_ids
+from .decoders import emotion_ids
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 from .text import Vocabulary
 
@@ -125,7 +125,7 @@ class Captioner:
 
     @property
     def has_attention(self) -> bool:
-        return self.feature_spec.kind == "grid"
+        return bool(self.decoder.has_attention)
 
     @property
     def is_grounded(self) -> bool:

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from . import __version__
 from .errors import ArtcapError
 from .io import atomic_write_bytes, atomic_write_json, save_tensors
-from .model import DecoderConfig, create_decoder
+from .decoders import DecoderConfig, create_decoder
 from .text import Vocabulary
 
 MODEL_FORMAT = "artcap-model"

@@ -1,6 +1,6 @@
 """Stage 4, decoding: batched greedy search (the paper's) and beam search, for every decoder kind.
 
-Both talk to the decoder only through its interface (model.py: `init_memory` once, then `step` per
+Both talk to the decoder only through its interface (decoders/base.py: `init_memory` once, then `step` per
 word), stop at <eos> or after `max_len` words (then <eos> is forced), so a caption is never
 endless; neither emits <pad>, <bos> or <unk>. Beam search ranks finished captions by
 log-probability / length**alpha; with beam=1 it equals greedy.
