@@ -34,7 +34,7 @@ from PIL import Image, ImageFilter
 from artcap.data import EMOTIONS
 from artcap.encoders import create_encoder
 from artcap.features import FeatureCache, FeatureSpec
-from artcap.model import DecoderConfig, caption_loss, create_decoder
+from artcap.decoders import DecoderConfig, caption_loss, create_decoder
 
 WORDS = ("the colors make me feel calm and happy because sky water woman man dark light painting looks like "
          "she he is in a of with bright sad tree house red blue green yellow face eyes").split()

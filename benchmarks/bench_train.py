@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from artcap.config import TrainConfig
-from artcap.model import DecoderConfig, MergeDecoder, caption_loss
+from artcap.decoders import DecoderConfig, MergeDecoder, caption_loss
 from artcap.corpus import caption_table, load_corpus
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "artemis-mini"

@@ -17,9 +17,9 @@ from torch import nn
 
 from artcap.data import EMOTIONS as DATA_EMOTIONS
 from artcap.decode import STOP_WORDS, DecodingConfig, EmotionContrast, beam_search, generate, greedy_search
+from artcap.decoders import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
+                             decoder_has_attention, decoder_kinds, emotion_features, emotion_ids, register_decoder)
 from artcap.errors import ArtcapError
-from artcap.model import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
-                          decoder_kinds, emotion_features, emotion_ids, register_decoder)
 from artcap.text import SPECIALS, Vocabulary
 
 GRID = 6  # h*w of the random feature grids
@@ -31,6 +31,7 @@ class BagOfWords(nn.Module):
     """Next word from the image plus the running sum of the words so far: no LSTM, no attention."""
 
     feature_kind = "pooled"
+    has_attention = False
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
@@ -104,6 +105,14 @@ def test_registry_has_the_built_in_kinds_and_the_toy():
         register_decoder("sat")(BagOfWords)
 
 
+def test_each_kind_declares_whether_it_has_attention():
+    assert (decoder_has_attention("merge"), decoder_has_attention("sat"), decoder_has_attention("toy-bag")) == \
+        (False, True, False)
+    with pytest.raises(ValueError, match="must declare has_attention"):
+        register_decoder("toy-undeclared")(type("Undeclared", (nn.Module,), {"feature_kind": "pooled"}))
+    assert "toy-undeclared" not in decoder_kinds()
+
+
 @pytest.mark.parametrize("kind,grounded", [(k, False) for k in KINDS] + [(k, True) for k in GROUNDABLE])
 def test_step_equals_teacher_forced_forward(kind, grounded):
     model = make(kind, grounded)
@@ -116,7 +125,7 @@ def test_step_equals_teacher_forced_forward(kind, grounded):
         for t in range(length):
             logits, state, attention = model.step(memory, tokens[:, t], state)
             torch.testing.assert_close(logits, forced[:, t], atol=1e-5, rtol=1e-4)
-            if model.feature_kind == "grid":
+            if model.has_attention:
                 assert attention.shape == (batch, GRID)
                 torch.testing.assert_close(attention.sum(dim=1), torch.ones(batch))
         mask = tokens % 3 != 0  # an arbitrary set of positions

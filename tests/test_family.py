@@ -110,7 +110,7 @@ def test_python_emotions_and_steering_change_the_caption(sat_run, paintings):
     # The emotion asked for changes what the decoder would say next (a 2-epoch model's argmax may not move yet).
     import torch
 
-    from artcap.model import emotion_ids
+    from artcap.decoders import emotion_ids
 
     features = captioner.encode(paintings[:1]).repeat(len(EMOTIONS), 1, 1)
     memory = captioner.decoder.init_memory(features, emotion_ids(list(EMOTIONS)))

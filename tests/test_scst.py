@@ -13,7 +13,7 @@ from artcap.cider import CiderD
 from artcap.config import TrainConfig
 from artcap.errors import ArtcapError
 from artcap.metrics import collapse_scores, top_caption_share
-from artcap.model import DecoderConfig, create_decoder
+from artcap.decoders import DecoderConfig, create_decoder
 from artcap.scst import ScstLoss, new_self_critical_baseline, sample_captions
 from artcap.text import Vocabulary
 from artcap.train import Batch, _selection_score

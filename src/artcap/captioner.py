@@ -22,7 +22,7 @@ from .encoders import Encoder
 from .errors import ArtcapError
 from .features import pooled_vectors
 from .images import to_rgb_image
-from .model import emotion_ids
+from .decoders import emotion_ids
 from .model_folder import ModelFolder, folder_of
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 
@@ -118,7 +118,7 @@ class Captioner:
 
     @property
     def has_attention(self) -> bool:
-        return self.feature_spec.kind == "grid"
+        return bool(self.decoder.has_attention)
 
     @property
     def is_grounded(self) -> bool:

@@ -42,7 +42,7 @@ class TrainConfig:
     dropout: float = 0.5
     emotion_grounded: bool = False  # feed each caption's emotion to the decoder (ArtEmis' emotion-grounded speaker)
     emotion_dim: int = 9  # grounded: width of the emotion features (ArtEmis: 9)
-    emotion_in_output: bool = False  # grounded: also feed the emotion to the word-choosing layer (model.py)
+    emotion_in_output: bool = False  # grounded: also feed the emotion to the word-choosing layer (decoders/)
     matcher: bool = False  # also train the image-caption matcher that reranks the beam (artcap.rerank)
     emotion_head: bool = False  # also train the image -> emotion classifier and ship it in the model folder
     # optimisation
@@ -152,7 +152,7 @@ _RULES: list[tuple[str, Callable[[Any], bool], str]] = [
 
 
 def _decoder_kinds() -> list[str]:
-    from .model import decoder_kinds
+    from .decoders import decoder_kinds
 
     return decoder_kinds()
 

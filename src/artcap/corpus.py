@@ -46,7 +46,7 @@ class CaptionTable:
 
 def feature_spec(config: TrainConfig) -> FeatureSpec:
     """The features a decoder kind reads: pooled vectors, or a grid for attention."""
-    from .model import decoder_feature_kind
+    from .decoders import decoder_feature_kind
 
     return FeatureSpec(decoder_feature_kind(config.decoder), config.grid_size)
 

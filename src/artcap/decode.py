@@ -1,6 +1,6 @@
 """Stage 4, decoding: batched greedy search (the paper's) and beam search, for every decoder kind.
 
-Both talk to the decoder only through its interface (model.py: `init_memory` once, then `step` per
+Both talk to the decoder only through its interface (decoders/base.py: `init_memory` once, then `step` per
 word), stop at <eos> or after `max_len` words (then <eos> is forced), so a caption is never
 endless; neither emits <pad>, <bos> or <unk>. Beam search ranks finished captions by
 log-probability / length**alpha; with beam=1 it equals greedy.
@@ -130,8 +130,11 @@ def _next_log_probs(model: nn.Module, memory, tokens, state, history, bans: _Ban
     return logp, state, attention
 
 
-def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
-            device: torch.device) -> list[Hypothesis]:
+def step_words(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
+               device: torch.device, choose) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The word-by-word loop that greedy search and SCST's sampling share: `choose(logp [B, V]) -> ids [B]`
+    picks each next word among those the decoding rules allow; <eos> is forced after max_len words.
+    -> (the words [B, steps], stopping once every row said <eos>; the attention row of each step)."""
     bans = _Bans(vocab, decoding, device)
     tokens = torch.full((batch,), vocab.bos_id, dtype=torch.long, device=device)
     history = tokens.new_empty(batch, 0)
@@ -140,13 +143,19 @@ def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: D
     state = None
     for t in range(decoding.max_len + 1):
         logp, state, attention = _next_log_probs(model, memory, tokens, state, history, bans, t == decoding.max_len)
-        tokens = logp.argmax(dim=-1)
+        tokens = choose(logp)
         history = torch.cat([history, tokens.unsqueeze(1)], dim=1)
         if attention is not None:
             attentions.append(attention.float())
         finished |= tokens == vocab.eos_id
         if bool(finished.all()):
             break
+    return history, attentions
+
+
+def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
+            device: torch.device) -> list[Hypothesis]:
+    history, attentions = step_words(model, memory, batch, vocab, decoding, device, lambda logp: logp.argmax(dim=-1))
     maps = torch.stack(attentions, dim=1) if attentions else None  # [B, steps, h*w]
     hypotheses = []
     for row, seq in enumerate(history.tolist()):

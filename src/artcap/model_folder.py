@@ -35,7 +35,7 @@ from .encoders import EncoderSpec
 from .errors import ArtcapError, first_line
 from .features import FEATURE_KINDS, FeatureSpec
 from .io import atomic_write_json, read_tensors
-from .model import DecoderConfig, create_decoder, decoder_feature_kind
+from .decoders import DecoderConfig, create_decoder, decoder_feature_kind
 from .settings import setting
 from .text import Vocabulary
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cider import CiderD
+from .decode import DecodingConfig, step_words
 from .errors import ArtcapError
 from .text import Vocabulary
 
@@ -54,28 +55,19 @@ def sample_captions(decoder: nn.Module, features: torch.Tensor, emotions: torch.
     """One sampled caption per feature row: [N, max_len + 1] word ids ending in <eos>, then <pad>. `decoder` is the
     bare module (init_memory/step are not DDP's forward)."""
     memory = decoder.init_memory(features, emotions)
-    n = features.size(0)
-    token = torch.full((n,), vocab.bos_id, dtype=torch.long, device=features.device)
-    finished = torch.zeros(n, dtype=torch.bool, device=features.device)
+    n, eos = features.size(0), vocab.eos_id
+    words, _ = step_words(decoder, memory, n, vocab, DecodingConfig(max_len=max_len), features.device, _gumbel_draw)
+    said_eos = words == eos
+    after_eos = said_eos.long().cumsum(dim=1) - said_eos.long() > 0
     out = torch.full((n, max_len + 1), vocab.pad_id, dtype=torch.long, device=features.device)
-    banned = _banned(vocab)
-    state = None
-    for t in range(max_len + 1):
-        logits, state, _ = decoder.step(memory, token, state)
-        if t == max_len:
-            token = torch.full_like(token, vocab.eos_id)
-        else:
-            logits = logits.float()
-            logits[:, banned] = float("-inf")
-            # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits), several times
-            # faster than torch.multinomial on a CPU; -log(Exp(1)) is Gumbel(0, 1).
-            token = (logits - torch.empty_like(logits).exponential_().log()).argmax(dim=-1)
-        token = token.masked_fill(finished, vocab.pad_id)
-        out[:, t] = token
-        finished |= token == vocab.eos_id
-        if bool(finished.all()):
-            break
+    out[:, : words.size(1)] = words.masked_fill(after_eos, vocab.pad_id)
     return out
+
+
+def _gumbel_draw(logp: torch.Tensor) -> torch.Tensor:
+    """One draw per row from softmax(logp): Gumbel-max, several times faster than torch.multinomial on a CPU;
+    -log(Exp(1)) is Gumbel(0, 1)."""
+    return (logp - torch.empty_like(logp).exponential_().log()).argmax(dim=-1)
 
 
 class ScstLoss:

@@ -30,7 +30,7 @@ from .corpus import CaptionTable, Corpus, caption_table, load_corpus
 from .errors import ArtcapError
 from .features import FeatureView
 from .io import atomic_write_json
-from .model import DecoderConfig, caption_loss, create_decoder
+from .decoders import DecoderConfig, caption_loss, create_decoder
 from .model_folder import load_decoder
 
 log = logging.getLogger("artcap")

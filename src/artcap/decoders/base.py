@@ -1,19 +1,22 @@
-"""Stage 3, the decoders: a small registry of captioning decoders that all speak one interface.
+"""The decoder interface, the registry and the base config (timm's layout: one module per kind).
 
 Every decoder kind is an `nn.Module` registered with `@register_decoder("<kind>")` and built from a
 `DecoderConfig` by `create_decoder(config)`. Training (`caption_loss`) and decoding (decode.py) use
-only the interface below, so a new kind is one new file plus one import line at the end of this
-module. The interface, as a Protocol (`Decoder`):
+only the interface below, so a new kind is one new file plus one registry line in decoders/__init__.py.
+The interface, as a Protocol (`Decoder`):
 
     feature_kind: "pooled" | "grid"
         what the decoder reads: pooled features [B, C], or a grid of features [B, h*w, C]
         (a [B, C, h, w] map from an encoder is accepted and flattened).
+    has_attention: bool
+        whether `step` returns an attention row (where each word looked); declared by the kind,
+        not inferred from what it reads.
     init_memory(features, emotions=None) -> tuple of batch-first tensors
         the image side (and the emotion features), computed once per caption; beam search
         repeat_interleave-s / index_select-s each tensor along dim 0.
     step(memory, token [B], state) -> (logits [B, V], state, attention [B, h*w] | None)
         one word; `state` is None before the first word, else a tuple of batch-first tensors;
-        the attention row of a grid decoder is the weight of each grid cell (sums to 1).
+        the attention row of an attention decoder is the weight of each grid cell (sums to 1).
     forward(features, tokens [B, T], mask=None, emotions=None) -> (logits, aux_loss)
         teacher forcing: next-word logits [B, T, V], or with a boolean mask [B, T] only the masked
         positions' logits [N, V]; aux_loss is a scalar added to the cross-entropy (0 when none).
@@ -24,17 +27,8 @@ and is appended to the LSTM input at every step. With `emotion_in_output` the em
 through Linear(emotion_dim -> hidden_dim), straight into the layer that picks the word (merge: added to
 the image branch; sat: to the hidden state before the output layer): ArtEmis' input-only grounding is
 mostly ignored by beam search (steerability 0.17 on val), a direct path lets an emotion change words.
-
-The "merge" decoder is the research report's model:
-
-    image features --Dropout 0.5--Dense 256 ReLU------------------+
-                                                                  add --Dense 256 ReLU--Dense V (softmax)
-    caption prefix --Embedding--Dropout 0.5--LSTM 256-------------+
-
-The report trained it Keras-style on one (image, prefix) -> next word sample per prefix. Here the
-LSTM runs over whole captions once (teacher forcing): its output at step t encodes exactly the
-prefix up to t, so the per-token loss is the same, at a fraction of the cost.
 """
+
 
 from __future__ import annotations
 
@@ -45,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import EMOTIONS
-from .errors import ArtcapError, check_known_keys
+from ..data import EMOTIONS
+from ..errors import ArtcapError, check_known_keys
 
 __all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "EmotionNet", "MergeDecoder", "caption_loss", "create_decoder",
-           "decoder_kinds", "emotion_ids", "register_decoder"]
+           "decoder_kinds", "decoder_has_attention", "emotion_ids", "register_decoder"]
 
 Memory = tuple[torch.Tensor, ...]
 State = tuple[torch.Tensor, ...] | None
@@ -99,6 +93,7 @@ class Decoder(Protocol):
 
     config: DecoderConfig
     feature_kind: Literal["pooled", "grid"]
+    has_attention: bool
 
     def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory: ...
 
@@ -119,6 +114,8 @@ def register_decoder(kind: str):
     def wrap(cls):
         if kind in _DECODERS:
             raise ValueError(f"decoder kind {kind!r} is registered twice")
+        if not isinstance(getattr(cls, "has_attention", None), bool):
+            raise ValueError(f"decoder kind {kind!r} must declare has_attention = True or False")
         _DECODERS[kind] = cls
         cls.kind = kind
         return cls
@@ -134,6 +131,12 @@ def decoder_feature_kind(kind: str) -> str:
     if kind not in _DECODERS:
         raise ArtcapError(f"unknown decoder kind {kind!r}; choose one of {', '.join(decoder_kinds())}")
     return _DECODERS[kind].feature_kind
+
+
+def decoder_has_attention(kind: str) -> bool:
+    """Whether a decoder kind says where each word looked, before building one."""
+    decoder_feature_kind(kind)  # the one-line error for an unknown kind
+    return bool(_DECODERS[kind].has_attention)
 
 
 def create_decoder(config: DecoderConfig) -> nn.Module:
@@ -207,64 +210,6 @@ def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih, w_hh, b_i
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
-@register_decoder("merge")
-class MergeDecoder(nn.Module):
-    feature_kind = "pooled"
-
-    def __init__(self, config: DecoderConfig):
-        super().__init__()
-        self.config = config
-        self.image_dropout = nn.Dropout(config.dropout)
-        self.image_proj = nn.Linear(config.feature_dim, config.hidden_dim)
-        self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
-        self.text_dropout = nn.Dropout(config.dropout)
-        self.emotion = EmotionNet(config.num_emotions, config.emotion_dim) if config.num_emotions else None
-        self.emotion_out = emotion_output_layer(config)
-        lstm_input = config.embed_dim + (config.emotion_dim if self.emotion else 0)
-        self.lstm = nn.LSTM(lstm_input, config.hidden_dim, batch_first=True)
-        self.merge = nn.Linear(config.hidden_dim, config.hidden_dim)
-        self.out = nn.Linear(config.hidden_dim, config.vocab_size)
-
-    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory:
-        """(image [B, hidden], [emotion features [B, E]]): the image branch, once per caption."""
-        features = check_features(self, features)
-        image = F.relu(self.image_proj(self.image_dropout(features)))
-        emotion = emotion_features(self.emotion, emotions, features.size(0))
-        if self.emotion_out is not None:
-            image = image + self.emotion_out(emotion[0])
-        return (image, *emotion)
-
-    def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.out(F.relu(self.merge(image + text)))
-
-    def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """features [B, F], tokens [B, T] (starting with <bos>) -> (next-word logits [B, T, V], 0);
-        with a boolean mask [B, T], only the masked positions' logits [N, V] (skipping padding in
-        the vocabulary-sized matmul, the costliest step of training)."""
-        image, *emotion = self.init_memory(features, emotions)
-        x = self.text_dropout(self.embed(tokens))
-        if emotion:
-            x = torch.cat([x, emotion[0].unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
-        text, _ = self.lstm(x)
-        image = image.unsqueeze(1).expand_as(text)
-        if mask is not None:
-            image, text = image[mask], text[mask]
-        return self._logits(image, text), text.new_zeros(())
-
-    def step(self, memory: Memory, token: torch.Tensor, state: State = None):
-        """One word: token [B] -> (logits [B, V], (h, c), None).
-
-        The LSTM cell is written out with the nn.LSTM's own weights: for one step at a time it is
-        several times faster than calling nn.LSTM."""
-        image, *emotion = memory
-        x = torch.cat([self.text_dropout(self.embed(token)), *emotion], dim=-1)
-        h, c = state if state is not None else (x.new_zeros(x.size(0), self.config.hidden_dim),) * 2
-        lstm = self.lstm
-        h, c = lstm_cell(x, h, c, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)
-        return self._logits(image, h), (h, c), None
-
-
 def caption_loss(model: nn.Module, features: torch.Tensor, tokens: torch.Tensor,
                  emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of predicting tokens[:, 1:] from each prefix, padding excluded, plus the
@@ -275,7 +220,3 @@ def caption_loss(model: nn.Module, features: torch.Tensor, tokens: torch.Tensor,
     mask = targets != 0
     logits, aux_loss = model(features, inputs, mask, emotions)
     return F.cross_entropy(logits.float(), targets[mask]) + aux_loss.float(), int(mask.sum())
-
-
-# Every decoder kind beyond "merge": one module each, imported here so its @register_decoder runs.
-from . import sat  # noqa: E402,F401  (after the definitions it imports)

@@ -18,13 +18,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
-                    register_decoder)
+from .base import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
+                   register_decoder)
 
 
 @register_decoder("sat")
 class ShowAttendTell(nn.Module):
     feature_kind = "grid"
+    has_attention = True
 
     def __init__(self, config: DecoderConfig):
         super().__init__()

@@ -1,0 +1,14 @@
+"""Captioning decoders: the interface and registry (base.py) and one module per kind.
+
+A new kind is one new file here plus one line below (its import runs its @register_decoder)."""
+
+from .base import (EMOTIONS, Decoder, DecoderConfig, EmotionNet, Memory, State, caption_loss, check_features,
+                   create_decoder, decoder_feature_kind, decoder_has_attention, decoder_kinds, emotion_features,
+                   emotion_ids, emotion_output_layer, lstm_cell, register_decoder)
+from .merge import MergeDecoder
+from .sat import ShowAttendTell
+
+__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "EmotionNet", "Memory", "MergeDecoder", "ShowAttendTell", "State",
+           "caption_loss", "check_features", "create_decoder", "decoder_feature_kind", "decoder_has_attention",
+           "decoder_kinds", "emotion_features", "emotion_ids", "emotion_output_layer", "lstm_cell",
+           "register_decoder"]
