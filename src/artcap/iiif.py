@@ -44,6 +44,10 @@ class CanvasError(ArtcapError):
         super().__init__(f"canvas {canvas}: {self.reason}")
 
 
+class TooManyCanvases(ArtcapError):
+    """A manifest or collection with more canvases than the job's limit (refused before any fetch)."""
+
+
 class FetchError(ArtcapError):
     """A URL could not be fetched (status, timeout, size, connection); the message is one line."""
 

@@ -11,6 +11,7 @@ another manifest (or model, or decoding) is refused as for folders.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,8 @@ from .captioner import Captioner, Description
 from .collection import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_BATCH_SIZE, JobIdentity, RecordFile
 from .decode import DecodingConfig
 from .errors import ArtcapError
-from .iiif import Canvas, CanvasError, FetchLimits, IIIFClient, Manifest, fetch_canvas_image, read_manifests
+from .iiif import (Canvas, CanvasError, FetchLimits, IIIFClient, Manifest, TooManyCanvases, fetch_canvas_image,
+                   read_manifests)
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ class IIIFSummary:
 def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = None, *,
                  decoding: DecodingConfig | None = None, beam: int | None = None, max_len: int | None = None,
                  emotion: str | None = None, limits: FetchLimits | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 progress: bool = False) -> IIIFSummary:
+                 progress: bool = False, stop: threading.Event | None = None) -> IIIFSummary:
     """Caption every canvas of the manifest or collection at `source` (URL or path). With `out` (a
     .jsonl or .csv record file) canvases already captioned there are skipped and failed ones retried.
-    Per-canvas failures are records with an error and lines in `errors`; an unreadable `source` raises."""
+    Per-canvas failures are records with an error and lines in `errors`; an unreadable `source` raises.
+    `stop` (set by another thread) ends the job after the images being fetched: what is done is kept."""
     if out is not None and Path(out).suffix.lower() not in (".jsonl", ".ndjson"):
         raise ArtcapError(f"{out}: a IIIF job's record file is JSON Lines; name it .jsonl")
     decoding = captioner.resolve_decoding(decoding, beam=beam, max_len=max_len)
@@ -83,7 +86,7 @@ def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = Non
             summary.records = dict(done)
             started = time.perf_counter()
             for canvas, description, error in caption_canvases(captioner, todo, client, decoding, asked or None,
-                                                               batch_size=batch_size, progress=progress):
+                                                               batch_size=batch_size, progress=progress, stop=stop):
                 record = _record(canvas, description, error, identity)
                 summary.records[canvas.id] = record
                 if records:
@@ -101,7 +104,8 @@ def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = Non
 
 
 def _gather(source: str, client: IIIFClient, summary: IIIFSummary) -> list[Canvas]:
-    """Every manifest's canvases once (a canvas in two manifests is captioned once), within max_canvases."""
+    """Every manifest's canvases once (a canvas in two manifests is captioned once); more than
+    max_canvases is refused before any image is fetched."""
     canvases: dict[str, Canvas] = {}
     for item in read_manifests(source, client):
         if isinstance(item, ArtcapError):
@@ -110,10 +114,8 @@ def _gather(source: str, client: IIIFClient, summary: IIIFSummary) -> list[Canva
         summary.manifests.append(item)
         for canvas in item.canvases:
             if len(canvases) >= client.limits.max_canvases and canvas.id not in canvases:
-                summary.errors.append((canvas.id, f"{source}: more than {client.limits.max_canvases} canvases; "
-                                                  f"canvas {canvas.id} and the rest are left out"))
-                item.canvases = item.canvases[:item.canvases.index(canvas)]
-                return list(canvases.values())
+                raise TooManyCanvases(f"{source}: more than the limit of {client.limits.max_canvases} canvases; "
+                                      f"caption its manifests one by one")
             canvases.setdefault(canvas.id, canvas)
     return list(canvases.values())
 
@@ -129,7 +131,7 @@ def _record(canvas: Canvas, description: Description | None, error: str | None,
 def caption_canvases(captioner: Captioner, canvases: list[Canvas], client: IIIFClient, decoding: DecodingConfig,
                      emotion: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
                      decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
-                     progress: bool = False) -> Iterator[tuple[Canvas, Description | None, str | None]]:
+                     progress: bool = False, stop: threading.Event | None = None) -> Iterator[tuple[Canvas, Description | None, str | None]]:
     """(canvas, description, None) or (canvas, None, one-line error) for each canvas, in order. Images
     are fetched and decoded by `client.limits.concurrency` threads, a window ahead of the model."""
     from tqdm import tqdm
@@ -141,7 +143,8 @@ def caption_canvases(captioner: Captioner, canvases: list[Canvas], client: IIIFC
         upcoming = iter(canvases)
         chunk: list[tuple[Canvas, np.ndarray | str]] = []
         while True:
-            while len(pending) < window and (canvas := next(upcoming, None)) is not None:
+            while len(pending) < window and not (stop and stop.is_set()) and (
+                    canvas := next(upcoming, None)) is not None:
                 pending.append((canvas, pool.submit(_model_input, canvas, client, captioner)))
             if not pending:
                 break
