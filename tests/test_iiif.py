@@ -62,6 +62,7 @@ def bad_canvases(publisher: Publisher) -> dict[str, tuple[dict, str]]:
         "not an image": (canvas(publisher, 13, publisher.url("img/notes.jpg")), "not an image"),
         "50 MB, no length": (canvas(publisher, 14, publisher.url("huge.jpg")), "limit of 2 MiB"),
         "50 MB declared": (canvas(publisher, 15, publisher.url("huge-declared.jpg")), "over the limit"),
+        "unreachable (offline)": (canvas(publisher, 17, "http://127.0.0.1:9/painting.jpg"), "cannot connect"),
     }
 
 

@@ -92,3 +92,31 @@ def _captioner() -> Captioner:
     if not _loaded:
         _loaded.append(Captioner.load("fast", backend="torch"))
     return _loaded[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(width=st.integers(1, 30_000), height=st.integers(1, 30_000), level=st.sampled_from([1, 2]),
+       version=st.sampled_from([2, 3]), min_side=st.sampled_from([224, 260, 384]))
+def test_image_api_request_covers_the_model_input_with_no_more_pixels_than_needed(width, height, level, version,
+                                                                                     min_side):
+    """What a level 1 or 2 server returns for artcap's request (by the Image API's size rules) covers
+    the model's input, is never upscaled, and is at most one pixel per side over the least that does."""
+    from artcap.iiif import Canvas, ImageService, image_request_url
+
+    service = ImageService("http://127.0.0.1:1/iiif/p", level, version)
+    canvas = Canvas("c", "c", "m", service=service, width=width, height=height)
+    url = image_request_url(canvas, client=None, min_side=min_side)  # level and size known: no request made
+    size = url.split("/")[-3]
+    if min(width, height) <= min_side:
+        assert size == ("max" if version == 3 else "full")
+        return
+    scale = min_side / min(width, height)
+    if size.startswith("!"):  # best fit inside W x H, aspect kept
+        box_w, box_h = (int(v) for v in size[1:].split(","))
+        fit = min(box_w / width, box_h / height)
+        got = (width * fit, height * fit)
+    else:  # "W,": the height follows the aspect
+        got = (int(size.rstrip(",")), int(size.rstrip(",")) * height / width)
+    assert min(got) >= min_side - 1  # rounding to whole pixels
+    assert got[0] <= width * scale + 1 and got[1] <= height * scale + 1
+    assert got[0] <= width and got[1] <= height

@@ -21,7 +21,6 @@ iiif-prezi3's models validate artcap's output in the tests (they reject many pub
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -355,10 +354,11 @@ def image_request_url(canvas: Canvas, client: IIIFClient, min_side: int) -> str:
     whole = "max" if service.version == 3 else "full"
     if width is None or height is None:
         return _image_url(service, whole)
-    scale = min_side / min(width, height)
-    if scale >= 1:
+    short = min(width, height)
+    if short <= min_side:
         return _image_url(service, whole)  # already small: never ask a server to upscale
-    target = (math.ceil(width * scale), math.ceil(height * scale))
+    # Integer ceilings: the shorter side becomes exactly min_side (float scaling can round it up to one more).
+    target = (-(-width * min_side // short), -(-height * min_side // short))
     if level == 2:
         return _image_url(service, f"!{target[0]},{target[1]}")
     if level == 1:
