@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +30,11 @@ from .decode import DecodingConfig
 from .errors import ArtcapError
 from .iiif import (Canvas, CanvasError, FetchLimits, IIIFClient, Manifest, TooManyCanvases, fetch_canvas_image,
                    read_manifests)
+
+
+# The model step: model-size uint8 images -> one Description each. The default runs the captioner
+# here; the server passes one that goes through its single inference thread.
+Describer = Callable[[list[np.ndarray]], list[Description]]
 
 
 @dataclass(frozen=True)
@@ -65,11 +70,13 @@ class IIIFSummary:
 def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = None, *,
                  decoding: DecodingConfig | None = None, beam: int | None = None, max_len: int | None = None,
                  emotion: str | None = None, limits: FetchLimits | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                 progress: bool = False, stop: threading.Event | None = None) -> IIIFSummary:
+                 progress: bool = False, stop: threading.Event | None = None,
+                 describe: Describer | None = None) -> IIIFSummary:
     """Caption every canvas of the manifest or collection at `source` (URL or path). With `out` (a
     .jsonl or .csv record file) canvases already captioned there are skipped and failed ones retried.
     Per-canvas failures are records with an error and lines in `errors`; an unreadable `source` raises.
-    `stop` (set by another thread) ends the job after the images being fetched: what is done is kept."""
+    `stop` (set by another thread) ends the job after the images being fetched: what is done is kept.
+    `describe` replaces the model step (default: this captioner, `batch_size` images per CNN call)."""
     if out is not None and Path(out).suffix.lower() not in (".jsonl", ".ndjson"):
         raise ArtcapError(f"{out}: a IIIF job's record file is JSON Lines; name it .jsonl")
     decoding = captioner.resolve_decoding(decoding, beam=beam, max_len=max_len)
@@ -85,8 +92,9 @@ def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = Non
             summary.skipped = len(canvases) - len(todo)
             summary.records = dict(done)
             started = time.perf_counter()
-            for canvas, description, error in caption_canvases(captioner, todo, client, decoding, asked or None,
-                                                               batch_size=batch_size, progress=progress, stop=stop):
+            describe = describe or local_describer(captioner, decoding, asked or None, batch_size)
+            for canvas, description, error in caption_canvases(captioner, todo, client, describe,
+                                                               progress=progress, stop=stop):
                 record = _record(canvas, description, error, identity)
                 summary.records[canvas.id] = record
                 if records:
@@ -128,8 +136,7 @@ def _record(canvas: Canvas, description: Description | None, error: str | None,
             **identity.to_dict(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "error": error}
 
 
-def caption_canvases(captioner: Captioner, canvases: list[Canvas], client: IIIFClient, decoding: DecodingConfig,
-                     emotion: str | None, *, batch_size: int = DEFAULT_BATCH_SIZE,
+def caption_canvases(captioner: Captioner, canvases: list[Canvas], client: IIIFClient, describe: Describer, *,
                      decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
                      progress: bool = False, stop: threading.Event | None = None) -> Iterator[tuple[Canvas, Description | None, str | None]]:
     """(canvas, description, None) or (canvas, None, one-line error) for each canvas, in order. Images
@@ -151,7 +158,7 @@ def caption_canvases(captioner: Captioner, canvases: list[Canvas], client: IIIFC
             canvas, future = pending.popleft()
             chunk.append((canvas, future.result()))
             if len(chunk) == decode_batch_size or not pending:
-                yield from _describe_chunk(captioner, chunk, decoding, emotion, batch_size)
+                yield from _describe_chunk(chunk, describe)
                 bar.update(len(chunk))
                 chunk = []
     bar.close()
@@ -166,14 +173,20 @@ def _model_input(canvas: Canvas, client: IIIFClient, captioner: Captioner) -> np
         return str(e)
 
 
-def _describe_chunk(captioner: Captioner, chunk: list[tuple[Canvas, np.ndarray | str]], decoding: DecodingConfig,
-                    emotion: str | None, batch_size: int) -> Iterator[tuple[Canvas, Description | None, str | None]]:
-    arrays = [a for _, a in chunk if not isinstance(a, str)]
-    descriptions: Iterator[Description] = iter(())
-    if arrays:
+def local_describer(captioner: Captioner, decoding: DecodingConfig, emotion: str | None,
+                    batch_size: int = DEFAULT_BATCH_SIZE) -> Describer:
+    """The model step in this thread: the CNN on `batch_size` images at a time, then one decoding for all."""
+    def describe(arrays: list[np.ndarray]) -> list[Description]:
         with torch.inference_mode():
             features = torch.cat([captioner.encode(captioner.encoder.preprocess(arrays[i:i + batch_size]))
                                   for i in range(0, len(arrays), batch_size)])
-            descriptions = iter(captioner.describe_features(features, decoding=decoding, emotion=emotion))
+            return captioner.describe_features(features, decoding=decoding, emotion=emotion)
+    return describe
+
+
+def _describe_chunk(chunk: list[tuple[Canvas, np.ndarray | str]],
+                    describe: Describer) -> Iterator[tuple[Canvas, Description | None, str | None]]:
+    arrays = [a for _, a in chunk if not isinstance(a, str)]
+    descriptions = iter(describe(arrays) if arrays else [])
     for canvas, item in chunk:
         yield (canvas, None, item) if isinstance(item, str) else (canvas, next(descriptions), None)

@@ -6,6 +6,7 @@ thread then stops at the next canvas)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
@@ -62,6 +63,21 @@ def add_iiif_route(app: FastAPI, service) -> None:
                                 "ask for a smaller manifest") from None
 
 
+def _through_batcher(batcher):
+    """The model step through the server's one inference thread (torch never runs in two threads at
+    once), from this worker thread: the chunk's images are queued together and batched there."""
+    from artcap.server.batching import Ask
+
+    ask = Ask(batcher.captioner.decoding)
+
+    async def describe_all(arrays):
+        return await asyncio.gather(*(batcher.describe(array, ask) for array in arrays))
+
+    def describe(arrays):
+        return [description for description, _, _ in anyio.from_thread.run(describe_all, arrays)]
+    return describe
+
+
 def _caption(service, url: str, stop: threading.Event, busy: threading.Lock) -> IIIFResponse:
     from artcap.iiif import FetchLimits, TooManyCanvases
     from artcap.iiif_job import caption_iiif
@@ -70,7 +86,7 @@ def _caption(service, url: str, stop: threading.Event, busy: threading.Lock) -> 
     limits = FetchLimits(max_image_bytes=settings.max_upload_bytes, max_canvases=settings.max_iiif_canvases,
                          max_manifests=1, timeout_s=min(20.0, settings.iiif_timeout_s), retries=1)
     try:
-        summary = caption_iiif(captioner, url, limits=limits, stop=stop)
+        summary = caption_iiif(captioner, url, limits=limits, stop=stop, describe=_through_batcher(service.batcher))
     except TooManyCanvases:
         raise ApiError(413, f"{url}: more than this server's limit of {settings.max_iiif_canvases} canvases; "
                             "caption it with the command line (artcap caption --iiif)") from None
