@@ -118,12 +118,16 @@ def test_cli_collection_writes_one_page_per_manifest_and_resumes(publisher, tmp_
     first = manifest(publisher, "a", [canvas(publisher, 1, publisher.url("img/0.jpg"), manifest="a"),
                                       canvas(publisher, 2, publisher.url("img/missing.jpg"), manifest="a")])
     second = manifest(publisher, "b", [canvas(publisher, 1, publisher.url("img/4.jpg"), manifest="b")])
-    url = collection(publisher, "both", [first, second])
+    old = publisher.write_json("v2.json", {"@context": "http://iiif.io/api/presentation/2/context.json",
+                                           "@id": publisher.url("v2.json"), "@type": "sc:Manifest"})
+    url = collection(publisher, "both", [first, old, second])
     out_dir, records = tmp_path / "pages", tmp_path / "records.jsonl"
     args = ["caption", "--iiif", url, "--model", "fast", "--annotations-dir", str(out_dir), "--out", str(records), "-q"]
     assert main(args) == 1
-    failures = [line for line in capsys.readouterr().err.splitlines() if "a/canvas/2" in line]
+    err = capsys.readouterr().err.splitlines()
+    failures = [line for line in err if "a/canvas/2" in line]
     assert len(failures) == 1 and "404" in failures[0]
+    assert len([line for line in err if "v2.json" in line and "Presentation 2" in line]) == 1  # the others go on
     pages = {p.name: json.loads(p.read_text()) for p in out_dir.iterdir()}
     assert sorted(pages) == sorted([page_file_name(first), page_file_name(second)])
     for page in pages.values():
