@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from . import __version__
+from . import __version__, settings
 from .errors import ArtcapError
 from .images import DEFAULT_MAX_PIXELS, load_image
+from .settings import setting
 
 MiB = 1024 * 1024
 USER_AGENT = f"artcap/{__version__} (IIIF captioner; https://github.com/artcap/artcap)"
@@ -53,22 +54,19 @@ class FetchError(ArtcapError):
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """How politely and how far a fetch may go. Every value must be > 0 (retries >= 0)."""
+    """How politely and how far a fetch may go (settings.setting fields: checked, one line each)."""
 
-    timeout_s: float = 20.0  # connect and each read
-    retries: int = 2  # more tries after a connection error, a 429 or a 5xx
-    backoff_s: float = 0.5  # waits 0.5, 1, 2 ... s between tries
-    concurrency: int = 4  # requests in flight to the servers at once
-    max_image_bytes: int = 20 * MiB  # one image body; a larger one is refused while it streams
-    max_manifest_bytes: int = 16 * MiB  # one manifest or collection
-    max_canvases: int = 100_000  # per job (the server sets a small one)
-    max_manifests: int = 1000  # manifests followed from a collection
+    timeout_s: float = setting(20.0, "seconds to connect, and for each read", low=0, open_low=True, high=3600)
+    retries: int = setting(2, "more tries after a connection error, a 429 or a 5xx", low=0, high=10)
+    backoff_s: float = setting(0.5, "the first wait between tries, doubled each time", low=0, high=60)
+    concurrency: int = setting(4, "requests in flight to the servers at once", low=1, high=64)
+    max_image_bytes: int = setting(20 * MiB, "one image body; larger is refused while it streams", low=1)
+    max_manifest_bytes: int = setting(16 * MiB, "one manifest or collection document", low=1)
+    max_canvases: int = setting(100_000, "canvases in one job; more is refused before any fetch", low=1)
+    max_manifests: int = setting(1000, "manifests followed from a collection", low=1)
 
     def __post_init__(self) -> None:
-        for name, value in vars(self).items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (
-                    value == 0 and name != "retries"):
-                raise ArtcapError(f"IIIF fetch limit {name} must be > 0, got {value!r}")
+        settings.check(self, prefix="IIIF ")
 
 
 @dataclass(frozen=True)
