@@ -13,9 +13,12 @@ the image is asked for at the model's size: level 2 `{service}/full/!W,H/0/defau
 
 Everything that can go wrong with one canvas (no image, a 404, a timeout, a body that is not an
 image or is over the byte limit) is a `CanvasError`: one line naming the canvas. A manifest that
-cannot be read at all is an ArtcapError naming it. Parsing is by hand over the JSON, tolerant of
-what real manifests do (labels in any language, `Choice` bodies, lists or single services);
-iiif-prezi3's models validate artcap's output in the tests (they reject many published manifests).
+cannot be read at all is an ArtcapError naming it. Reading is a walk over the JSON for the few
+fields captioning needs (canvas ids and labels, the painting body, its service), tolerant of what
+real manifests do (labels in any language, `Choice` bodies, lists or single services, Image API 2
+services). iiif-prezi3 was weighed for it: its pydantic models would add a dependency and turn a bad
+field into a multi-line report rather than one line, while giving nothing this walk needs; they
+validate artcap's output in the tests instead.
 """
 
 from __future__ import annotations
