@@ -124,8 +124,10 @@ def _caption_iiif(args) -> int:
     if args.annotations is not None:
         check_page_target(args.annotations)  # before any work
     captioner = Captioner.load(args.model, backend=args.backend)
-    summary = caption_iiif(captioner, args.iiif, args.out, beam=args.beam, max_len=args.max_len,
-                           emotion=args.emotion, batch_size=args.batch_size, progress=not args.quiet)
+    decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len, emotion_guidance=args.emotion_guidance,
+                                          rerank=args.rerank)
+    summary = caption_iiif(captioner, args.iiif, args.out, decoding=decoding, emotion=args.emotion,
+                           batch_size=args.batch_size, progress=not args.quiet)
     if args.annotations is not None:
         if len(summary.manifests) != 1:
             raise ArtcapError(f"{args.iiif}: {len(summary.manifests)} manifests; write one page each with --annotations-dir DIR")
