@@ -184,3 +184,31 @@ def test_unreachable_manifest_is_one_line():
             pytest.raises(ArtcapError, match="cannot connect") as error:
         list(read_manifests("http://127.0.0.1:9/manifest.json", client))
     assert "\n" not in str(error.value)
+
+
+def test_a_killed_job_resumes_to_the_file_an_uninterrupted_run_writes(publisher, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = manifest(publisher, "k", [canvas(publisher, n, publisher.url(f"img/{n % 6}.jpg"), manifest="k")
+                                    for n in range(60)])
+    killed, whole = tmp_path / "killed.jsonl", tmp_path / "whole.jsonl"
+    command = ["caption", "--iiif", url, "--model", "fast", "--backend", "torch", "--batch-size", "1", "-q"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    job = subprocess.Popen([sys.executable, "-m", "artcap", *command, "--out", str(killed)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not killed.exists() or killed.read_text().count("\n") < 5):
+        time.sleep(0.02)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    partial = killed.read_text().count("\n")
+    assert 0 < partial < 60, "the job was not caught half way"
+    assert main([*command, "--out", str(killed)]) == 0
+    assert main([*command, "--out", str(whole)]) == 0
+
+    def without_time(path: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "time"} for line in path.read_text().splitlines()]
+    assert without_time(killed) == without_time(whole)
