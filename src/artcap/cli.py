@@ -33,7 +33,14 @@ def add_caption_parser(sub) -> None:
                        description="Caption image files and folders. Bad files are reported (exit code 1) and "
                                    "never stop the others. With --out, captions go to a resumable record file: "
                                    "re-run the same command after any interruption to finish the job.")
-    p.add_argument("inputs", nargs="+", help="image files and/or folders")
+    p.add_argument("inputs", nargs="*", help="image files and/or folders")
+    p.add_argument("--iiif", default=None, metavar="MANIFEST",
+                   help="caption every canvas of a IIIF Presentation 3 manifest or collection (a URL or a file) "
+                        "instead of INPUTS; see docs/iiif.md")
+    p.add_argument("--annotations", type=Path, default=None, metavar="OUT.json",
+                   help="with --iiif: write the captions as one W3C Web Annotation page (IIIF viewers show it)")
+    p.add_argument("--annotations-dir", type=Path, default=None, metavar="DIR",
+                   help="with --iiif: one annotation page per manifest into DIR (collections)")
     p.add_argument("--out", "-o", type=Path, default=None, metavar="FILE",
                    help="write one record per image to FILE (.jsonl or .csv), resuming what FILE already holds")
     p.add_argument("--model", default=None,
@@ -83,6 +90,12 @@ def run_caption(args) -> int:
     from .collection import caption_collection
 
     _check_caption_args(args)
+    if args.iiif is None and not args.inputs:
+        raise ArtcapError("caption: name image files or folders, or a manifest with --iiif URL")
+    if args.iiif is None and (args.annotations is not None or args.annotations_dir is not None):
+        raise ArtcapError("--annotations and --annotations-dir write a IIIF job's captions: add --iiif MANIFEST")
+    if args.iiif is not None:
+        return _caption_iiif(args)
     metadata = _metadata_writer(args)
     if args.ray is not None:
         return _caption_on_ray(args, metadata)
@@ -97,6 +110,33 @@ def run_caption(args) -> int:
                                  max_len=args.max_len, emotion=args.emotion, metadata=metadata,
                                  progress=not args.quiet)
     return _summarise(summary)
+
+
+def _caption_iiif(args) -> int:
+    from .annotations import check_page_target, page_file_name, write_annotation_page
+    from .captioner import Captioner
+    from .iiif_job import caption_iiif
+
+    if args.inputs or args.xmp or args.xmp_dir or args.embed or args.ray or args.explain:
+        raise ArtcapError("--iiif captions a manifest's canvases: drop the other inputs and --xmp/--embed/--ray/--explain")
+    if args.out is None and args.annotations is None and args.annotations_dir is None:
+        raise ArtcapError("--iiif needs somewhere to write: --annotations OUT.json, --annotations-dir DIR or --out FILE.jsonl")
+    if args.annotations is not None:
+        check_page_target(args.annotations)  # before any work
+    captioner = Captioner.load(args.model, backend=args.backend)
+    decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len, emotion_guidance=args.emotion_guidance,
+                                          rerank=args.rerank)
+    summary = caption_iiif(captioner, args.iiif, args.out, decoding=decoding, emotion=args.emotion,
+                           batch_size=args.batch_size, progress=not args.quiet)
+    if args.annotations is not None:
+        if len(summary.manifests) != 1:
+            raise ArtcapError(f"{args.iiif}: {len(summary.manifests)} manifests; write one page each with --annotations-dir DIR")
+        write_annotation_page(args.annotations, summary.annotation_page(summary.manifests[0]))
+    for manifest in summary.manifests if args.annotations_dir is not None else []:
+        write_annotation_page(args.annotations_dir / page_file_name(manifest.id), summary.annotation_page(manifest))
+    log.info("%s: %d canvases in %d manifest(s) (%d captioned now at %.1f images/s, %d already there)", args.iiif,
+             summary.total, len(summary.manifests), summary.captioned, summary.images_per_second, summary.skipped)
+    return _report_failures(summary.errors, summary.total)
 
 
 def _caption_on_ray(args, metadata) -> int:

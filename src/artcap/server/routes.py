@@ -216,6 +216,9 @@ def add_routes(app: FastAPI, service: CaptionService) -> None:
         return service.limits()
 
     _add_caption_route(app, service)
+    from artcap.server.iiif_route import add_iiif_route
+
+    add_iiif_route(app, service)
 
 
 async def _page() -> FileResponse:

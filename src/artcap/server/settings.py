@@ -28,6 +28,9 @@ class ServerSettings:
     max_active_requests: int = 32
     max_queue: int = 256  # jobs waiting for the inference thread (each a small model-size array)
     max_batch: int = 32  # images the inference thread captions in one call
+    # POST /v1/iiif: canvases one request may caption, and its time (fetching included); then 413 / 504
+    max_iiif_canvases: int = 50
+    iiif_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         for spec in fields(self):
