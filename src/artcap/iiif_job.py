@@ -180,7 +180,7 @@ def local_describer(captioner: Captioner, decoding: DecodingConfig, emotion: str
         with torch.inference_mode():
             features = torch.cat([captioner.encode(captioner.encoder.preprocess(arrays[i:i + batch_size]))
                                   for i in range(0, len(arrays), batch_size)])
-            return captioner.describe_features(features, decoding=decoding, emotion=emotion)
+            return captioner.describe(features, decoding, emotion=emotion)
     return describe
 
 
