@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test test-fast system-deps shipped-models clean
+.PHONY: setup demo test test-fast docs system-deps shipped-models clean
 
 # The pinned torch pair first (pip takes it from local wheels where they exist), then artcap with
 # its ranges (torch>=2.1, timm>=1.0), so nothing else is pulled.
@@ -31,6 +31,12 @@ test: setup system-deps
 
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
+
+# The documentation site (MkDocs Material) into build/site; --strict fails on a broken page link or anchor.
+docs: setup
+	$(BIN)/pip install --quiet -e ".[docs]"
+	$(BIN)/python scripts/docs_index.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d build/site
 
 # Retrain every model shipped in src/artcap/models/ and its MODEL_CARD.md (about 1 h on 2 CPU cores).
 shipped-models: setup
