@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from . import settings
+from .decode import DecodingConfig
 from .errors import ArtcapError
 
 log = logging.getLogger("artcap")
@@ -46,18 +48,11 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--model", default=None,
                    help="a shipped model's name (artcap models), a model or run folder, or hf:OWNER/NAME[@REVISION] "
                         "(default: the default shipped model)")
-    p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy, as in the paper (default: model's)")
-    p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words")
+    settings.add_arguments(p.add_argument_group("decoding (every field of DecodingConfig)"), DecodingConfig)
     p.add_argument("--emotion", default=None, metavar="NAME|auto",
                    help="emotion-grounded models: caption under this emotion (amusement, awe, contentment, excitement, "
                         "anger, disgust, fear, sadness, something-else) or auto, the emotion classifier's choice "
                         "(the default)")
-    p.add_argument("--emotion-guidance", type=float, default=None, metavar="G",
-                   help="emotion-grounded models: how much to favour words specific to the emotion (0 = off; "
-                        "default: the model's)")
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep the beam caption the model's image-caption matcher finds most specific to the image "
-                        "(models trained with matcher = true; default: the model's)")
     p.add_argument("--format", choices=["text", "json", "csv"], default="text",
                    help="stdout format without --out (with --out the file's suffix decides)")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
@@ -106,9 +101,8 @@ def run_caption(args) -> int:
     if args.out is None:
         return _caption_to_stdout(args, captioner, metadata)
     summary = caption_collection(captioner, args.inputs, args.out, recursive=args.recursive,
-                                 batch_size=args.batch_size, num_workers=args.num_workers, beam=args.beam,
-                                 max_len=args.max_len, emotion=args.emotion, metadata=metadata,
-                                 progress=not args.quiet)
+                                 batch_size=args.batch_size, num_workers=args.num_workers, emotion=args.emotion,
+                                 metadata=metadata, progress=not args.quiet, **_decoding_overrides(args))
     return _summarise(summary)
 
 
@@ -124,8 +118,7 @@ def _caption_iiif(args) -> int:
     if args.annotations is not None:
         check_page_target(args.annotations)  # before any work
     captioner = Captioner.load(args.model, backend=args.backend)
-    decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len, emotion_guidance=args.emotion_guidance,
-                                          rerank=args.rerank)
+    decoding = captioner.resolve_decoding(**_decoding_overrides(args))
     summary = caption_iiif(captioner, args.iiif, args.out, decoding=decoding, emotion=args.emotion,
                            batch_size=args.batch_size, progress=not args.quiet)
     if args.annotations is not None:
@@ -146,8 +139,13 @@ def _caption_on_ray(args, metadata) -> int:
         raise ArtcapError("--ray writes a record file: add --out FILE (.jsonl or .csv)")
     options = RayOptions(args.ray, args.num_actors, backend=args.backend, batch_size=args.batch_size)
     return _summarise(caption_collection_ray(args.model, args.inputs, args.out, options, recursive=args.recursive,
-                                             beam=args.beam, max_len=args.max_len, emotion=args.emotion,
-                                             metadata=metadata, progress=not args.quiet))
+                                             emotion=args.emotion, metadata=metadata, progress=not args.quiet,
+                                             **_decoding_overrides(args)))
+
+
+def _decoding_overrides(args) -> dict:
+    """The decoding fields the user set, one way for every caption path (stdout, --out, --ray, --iiif)."""
+    return settings.check_overrides(DecodingConfig, settings.overrides(args, DecodingConfig))
 
 
 def _summarise(summary) -> int:
@@ -161,7 +159,7 @@ def _check_caption_args(args) -> None:
 
     if args.emotion is not None:
         args.emotion = emotion_name(args.emotion)
-    for flag, value in [("--beam", args.beam), ("--max-len", args.max_len), ("--batch-size", args.batch_size)]:
+    for flag, value in [("--batch-size", args.batch_size)]:
         if value is not None and value < 1:
             raise ArtcapError(f"{flag} must be 1 or more, got {value}")
     if args.num_workers < 0:
@@ -202,8 +200,7 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
     for source, message in failed:  # inputs that yielded no image
         printer.add({"path": source, "caption": None, "error": message, "emotion": None, "emotion_scores": None})
     with_attention = captioner.has_attention and (args.explain is not None or args.format == "json")
-    decoding = captioner.resolve_decoding(beam=args.beam, max_len=args.max_len, emotion_guidance=args.emotion_guidance,
-                                          rerank=args.rerank)
+    decoding = captioner.resolve_decoding(**_decoding_overrides(args))
     with metadata:
         for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
                                     decoding=decoding, emotion=args.emotion, with_attention=with_attention):

@@ -85,11 +85,10 @@ class CaptionResult:
 
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
-                  beam: int | None = None, max_len: int | None = None,
                   decoding: DecodingConfig | None = None, emotion: str | None = None,
-                  with_attention: bool = False) -> Iterator[CaptionResult]:
+                  with_attention: bool = False, **overrides: Any) -> Iterator[CaptionResult]:
     """Yield one result per path, in the order of `paths`, captioned with `decoding` (default: the
-    model's) with `beam`/`max_len` changed, under `emotion` (grounded models; None = the model's "auto");
+    model's) with any DecodingConfig field given as a keyword changed, under `emotion` (grounded models; None = the model's "auto");
     `with_attention`: with each word's attention map.
 
     The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
@@ -102,7 +101,7 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
         raise ArtcapError(f"decode batch size must be 1 or more, got {decode_batch_size}")
     if num_workers < 0:
         raise ArtcapError(f"number of workers must be 0 or more, got {num_workers}")
-    decoding = captioner.resolve_decoding(decoding, beam=beam, max_len=max_len)
+    decoding = captioner.resolve_decoding(decoding, **overrides)
     if not paths:
         return
     pending: list[tuple[int, torch.Tensor | str]] = []  # (index, features [F] or error), in index order
@@ -530,13 +529,13 @@ def record_key(path: Path, inputs: Sequence[str | Path]) -> str:
 def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: str | Path, *,
                        decoding: DecodingConfig | None = None, recursive: bool = False,
                        batch_size: int = DEFAULT_BATCH_SIZE, num_workers: int = DEFAULT_NUM_WORKERS,
-                       beam: int | None = None, max_len: int | None = None,
                        emotion: str | None = None, metadata: MetadataWriter | None = None,
-                       progress: bool = True, engine: "CaptionEngine | None" = None) -> CollectionSummary:
+                       progress: bool = True, engine: "CaptionEngine | None" = None,
+                       **overrides: Any) -> CollectionSummary:
     """Caption every image under `inputs` into the record file `out`, resuming what is there.
 
-    `decoding` (default: the model's) with `beam`/`max_len` changed decodes every caption. Images
-    with a good record are skipped, images with an error record are tried again. Inputs that yield
+    `decoding` (default: the model's) with any DecodingConfig field given as a keyword (beam=3)
+    changed decodes every caption. Images with a good record are skipped, images with an error record are tried again. Inputs that yield
     no image (missing path, empty folder) are listed in the summary's errors but not written to the
     file; unreadable images are written as error records. Raises ArtcapError when `out` is not an
     artcap record file or holds another job (model or decoding). `metadata` also writes each caption
@@ -550,7 +549,7 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
     record_format(out)  # a bad suffix fails before any work
     writer = metadata or MetadataWriter()
     asked = (emotion or "auto") if captioner.is_grounded else (emotion or "")
-    identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, beam=beam, max_len=max_len),
+    identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, **overrides),
                            asked, writer.describe())
     paths, input_errors = find_images(inputs, recursive=recursive)
     with writer, RecordFile(out, identity) as records:  # the writer first: no exiftool fails before any file is touched

@@ -21,7 +21,6 @@ from the data with the default split seed (2021), which is what ``artcap train``
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -36,7 +35,9 @@ from tqdm import tqdm
 
 from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
 from .captioner import Captioner
+from . import settings
 from .checkpoint import read_splits
+from .decode import DecodingConfig
 from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
 from .config import TrainConfig
@@ -202,23 +203,20 @@ def human_leave_one_out(ids: list[str], refs: dict[str, list[str]], with_meteor:
             "references_per_painting": sum(len(refs[i]) - 1 for i in ids) / len(ids), "row": averaged}
 
 
-def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Path, split: str = "test",
-             beam: int | None = None, max_len: int | None = None, with_meteor: bool = True,
-             out_dir: str | Path | None = None, baselines: bool = False, no_repeat_ngram: int | None = None,
-             length_alpha: float | None = None, feature_cache: str = "", skip_missing: bool = False,
-             progress: bool = True, backend: str = "auto", emotion_guidance: float | None = None,
-             rerank: bool | None = None) -> dict:
+def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Path, split: str = "test", *,
+             with_meteor: bool = True, out_dir: str | Path | None = None, baselines: bool = False,
+             feature_cache: str = "", skip_missing: bool = False, progress: bool = True, backend: str = "auto",
+             **decoding_overrides: Any) -> dict:
     """Caption the split with the model (default: the shipped one) and score it; with ``baselines``
-    also the nearest-neighbour and constant baselines. Returns the scores dict (also written to
+    also the nearest-neighbour and constant baselines. Any DecodingConfig field given as a keyword
+    (beam=1) changes the model's decoding. Returns the scores dict (also written to
     ``out_dir``: predictions.json, scores.json, scores.md)."""
     started = time.perf_counter()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise ArtcapError(f"--out {out_dir}: is a file; --out names a folder to write predictions.json, "
                           f"scores.json and scores.md into")
     captioner = Captioner.load(model_or_run, backend=backend)
-    decoding = captioner.resolve_decoding(beam=beam, max_len=max_len, no_repeat_ngram=no_repeat_ngram,
-                                          length_alpha=length_alpha, emotion_guidance=emotion_guidance,
-                                          rerank=rerank)
+    decoding = captioner.resolve_decoding(**decoding_overrides)
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
@@ -345,14 +343,7 @@ def add_evaluate_parser(sub) -> None:
     p.add_argument("--images", required=True, help="image folder")
     p.add_argument("--split", choices=SPLITS, default="test",
                    help="the model's test or val paintings, or every painting of the data (default: test)")
-    p.add_argument("--beam", type=int, default=None, help="beam width; 1 = greedy (default: the model's)")
-    p.add_argument("--max-len", type=int, default=None, help="maximum caption length in words (default: the model's)")
-    p.add_argument("--no-repeat-ngram", type=int, default=None, help="block repeated n-grams (default: the model's)")
-    p.add_argument("--length-alpha", type=float, default=None, help="beam length normalisation (default: the model's)")
-    p.add_argument("--emotion-guidance", type=float, default=None, metavar="G",
-                   help="emotion-grounded models: favour words specific to the emotion (0 = off; default: the model's)")
-    p.add_argument("--rerank", action=argparse.BooleanOptionalAction, default=None,
-                   help="rerank the beam with the model's image-caption matcher (default: the model's)")
+    settings.add_arguments(p.add_argument_group("decoding (every field of DecodingConfig)"), DecodingConfig)
     p.add_argument("--format", choices=["text", "json"], default="text", help="stdout: the markdown table or JSON")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write predictions.json, scores.json and scores.md into DIR")
@@ -365,12 +356,10 @@ def add_evaluate_parser(sub) -> None:
 
 def run_evaluate(args) -> int:
     quiet = getattr(args, "quiet", False)
-    result = evaluate(args.model, args.data, args.images, split=args.split, beam=args.beam, max_len=args.max_len,
-                      with_meteor=not args.no_meteor, out_dir=args.out, baselines=args.baselines,
-                      no_repeat_ngram=args.no_repeat_ngram, length_alpha=args.length_alpha,
-                      feature_cache=args.cache, skip_missing=args.skip_missing, progress=not quiet,
-                      backend=args.backend, emotion_guidance=args.emotion_guidance,
-                      rerank=args.rerank)
+    result = evaluate(args.model, args.data, args.images, split=args.split, with_meteor=not args.no_meteor,
+                      out_dir=args.out, baselines=args.baselines, feature_cache=args.cache,
+                      skip_missing=args.skip_missing, progress=not quiet, backend=args.backend,
+                      **settings.check_overrides(DecodingConfig, settings.overrides(args, DecodingConfig)))
     if args.format == "json":
         json.dump({k: v for k, v in result.items() if k != "table"}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -273,7 +273,7 @@ def caption_collection_ray(model: str | Path | None, inputs: Sequence[str | Path
                            options: RayOptions, **job: Any) -> CollectionSummary:
     """`collection.caption_collection` with the captioning done on Ray (see the module docstring);
     `model` is a model spec (Captioner.load's), `job` caption_collection's keywords (recursive,
-    beam, max_len, decoding, emotion, metadata, progress). Raises ArtcapError when Ray is missing."""
+    decoding and any DecodingConfig field, emotion, metadata, progress). Raises ArtcapError when Ray is missing."""
     require_ray()  # before the model loads: a missing Ray is the first thing said
     check_reachable(options.address)
     from .captioner import Captioner

@@ -176,5 +176,15 @@ def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
 
 
+def check_overrides(cls: type, values: dict[str, Any], label: Callable[[str], str] = flag_name) -> dict[str, Any]:
+    """Check values a user gave for some fields of `cls` (flags, form fields) before any work, naming
+    each the way the user wrote it (`--beam must be from 1 to 20, got 0`); returns `values`."""
+    for f in fields(cls):
+        if f.name in values and not spec_of(f).accepts(values[f.name]):
+            raise ArtcapError(f"{label(f.name)} must be {_kind_text(field_type(cls, f), spec_of(f))}, "
+                              f"got {values[f.name]!r}")
+    return values
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
