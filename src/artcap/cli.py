@@ -14,6 +14,7 @@ from . import __version__
 from . import settings
 from .decode import DecodingConfig
 from .errors import ArtcapError
+from .io import DISK_FULL_ERRNOS
 
 log = logging.getLogger("artcap")
 
@@ -451,6 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
+    except OSError as e:
+        if e.errno not in DISK_FULL_ERRNOS:
+            raise
+        # Every file writer says this itself (io.py); what reaches here is standard output on a full disk or
+        # past a file-size limit. Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"artcap: error: standard output: {os.strerror(e.errno)}; free some space or write the output "
+              f"elsewhere (--out FILE)", file=sys.stderr)
+        return 1
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
