@@ -14,6 +14,7 @@ from . import __version__
 from . import settings
 from .decode import DecodingConfig
 from .errors import ArtcapError
+from .settings import bounded
 from .io import DISK_FULL_ERRNOS
 
 log = logging.getLogger("artcap")
@@ -71,11 +72,11 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="caption on Ray (pip install 'artcap[ray]'), with --out: alone or 'local' starts Ray on this "
                         "machine; ADDRESS (host:6379, ray://host:10001, auto) joins a cluster. Put it after the inputs")
-    p.add_argument("--num-actors", type=int, default=None, metavar="N",
+    p.add_argument("--num-actors", type=bounded(int, 1, 4096), default=None, metavar="N",
                    help="with --ray: captioning actors, each loading the model once (default: the cluster's CPUs less one)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    p.add_argument("--batch-size", type=bounded(int, 1, 4096), default=DEFAULT_BATCH_SIZE,
                    help=f"images per model call (default: {DEFAULT_BATCH_SIZE}, fastest on a 2-core CPU)")
-    p.add_argument("--num-workers", type=int, default=DEFAULT_NUM_WORKERS,
+    p.add_argument("--num-workers", type=bounded(int, 0, 64), default=DEFAULT_NUM_WORKERS,
                    help=f"image-decoding processes overlapping inference; 0 decodes in the main process "
                         f"(default here: {DEFAULT_NUM_WORKERS}: 0 on 2 cores or fewer, where a worker only competes)")
     p.set_defaults(func=run_caption)
@@ -295,7 +296,7 @@ def _add_config_args(p) -> None:
     p.add_argument("--images", help="image folder (config key: images)")
     p.add_argument("--encoder", help="encoder name (config key: encoder)")
     p.add_argument("--encoder-weights", help="imagenet | random | FILE (config key: encoder_weights)")
-    p.add_argument("--image-size", type=int, help="input size in pixels (config key: image_size)")
+    p.add_argument("--image-size", type=bounded(int, 32, 2048), help="input size in pixels (config key: image_size)")
     p.add_argument("--cache", help="feature cache folder (config key: feature_cache)")
     p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
 
@@ -375,11 +376,11 @@ def add_serve_parser(sub) -> None:
                                    "(OpenAPI at /openapi.json, docs at /docs). Needs the [serve] extra.")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes it)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=bounded(int, 1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", default=None, help="a shipped model's name, a model or run folder, or hf:OWNER/NAME[@REVISION] "
                                                  "(default: the default shipped model)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted upload in MiB (default 20)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+    p.add_argument("--max-upload-mb", type=bounded(float, 0, 4096, open_low=True), default=20.0, help="largest accepted upload in MiB (default 20)")
+    p.add_argument("--max-pixels", type=bounded(int, 1, 2**34), default=DEFAULT_MAX_PIXELS,
                    help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})")
     p.set_defaults(func=run_serve)
 
@@ -402,8 +403,20 @@ def run_serve(args) -> int:
 
 # ---- main ---------------------------------------------------------------------------------------
 
+# More threads than this hang or crash torch's thread pool (5,000 hangs, 100,000 segfaults) and are never faster.
+MAX_THREADS = 256
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """A command-line mistake is one line, like every other user error (argparse would print the usage too)."""
+
+    def error(self, message: str):
+        command = self.prog.removeprefix("artcap").strip()
+        self.exit(2, f"artcap: error: {command + ': ' if command else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="artcap", description="Describe artworks in words.")
+    parser = _OneLineParser(prog="artcap", description="Describe artworks in words.")
     parser.add_argument("--version", action="version", version=f"artcap {__version__}")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars or info messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -412,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # options every command takes, before or after its name
         command.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
                              help="no progress bars or info messages")
-        command.add_argument("--threads", type=int, default=None,
+        command.add_argument("--threads", type=bounded(int, 1, MAX_THREADS), default=None,
                              help="torch threads (default: torch's, one per core)")
         if command.prog.split()[-1] in ("caption", "features", "evaluate", "serve"):
             command.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",

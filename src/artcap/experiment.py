@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig, load_config
+from .settings import bounded
 from .errors import ArtcapError
 from .io import atomic_write_json, atomic_write_text
 from .metrics import COCO_KEYS, format_markdown_table
@@ -176,6 +177,8 @@ def _parse_grid(text: str) -> list[int]:
         grid = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise ArtcapError(f"--grid {text!r}: expected comma-separated integers, e.g. 50,100,1000") from None
+    if not grid or min(grid) < 1:  # an empty grid must not mean "the default grid" (hours of training)
+        raise ArtcapError(f"--grid {text!r}: expected one or more steps per epoch of 1 or more, e.g. 50,100,1000")
     return list(dict.fromkeys(grid))
 
 
@@ -188,7 +191,7 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--grid", default=None,
                    help=f"steps per epoch, comma-separated (default: {','.join(map(str, PAPER['grid']))}; "
                         f"--quick: {','.join(map(str, QUICK['grid']))})")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=None,
                    help=f"epochs per run (default: {PAPER['epochs']}; --quick: {QUICK['epochs']})")
     p.add_argument("--quick", action="store_true",
                    help="a preset scaled to artemis-mini that finishes in under 20 minutes on 2 CPU cores")
@@ -204,7 +207,7 @@ def add_experiment_parser(sub) -> None:
 
 def run_experiment(args) -> int:
     preset = QUICK if args.quick else PAPER
-    grid = _parse_grid(args.grid) if args.grid else preset["grid"]
+    grid = _parse_grid(args.grid) if args.grid is not None else preset["grid"]
     epochs = args.epochs if args.epochs is not None else preset["epochs"]
     overrides = list(args.overrides)
     for key in ("data", "images"):

@@ -171,6 +171,24 @@ def _argparse_type(cls: type, name: str) -> Callable[[str], Any]:
     return convert
 
 
+def bounded(kind: type, low: float, high: float, *, open_low: bool = False) -> Callable[[str], Any]:
+    """An argparse type for a number flag that is not a settings field (--threads, --port, ...): the
+    text must parse as `kind` and lie in its range, else argparse's one-line error names the flag."""
+    spec = Spec(help="", low=low, high=high, open_low=open_low)
+
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {text!r}") from None
+        if not spec.accepts(value):
+            raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {text!r}")
+        return value
+    convert.__name__ = kind.__name__
+    convert.spec = spec  # so tests can find every bounded flag and generate values outside its range
+    return convert
+
+
 def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of `cls` a user set on the command line (flags left at None are not overrides)."""
     return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
