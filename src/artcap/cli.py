@@ -161,17 +161,12 @@ def _check_caption_args(args) -> None:
 
     if args.emotion is not None:
         args.emotion = emotion_name(args.emotion)
-    for flag, value in [("--batch-size", args.batch_size)]:
-        if value is not None and value < 1:
-            raise ArtcapError(f"{flag} must be 1 or more, got {value}")
-    if args.num_workers < 0:
-        raise ArtcapError(f"--num-workers must be 0 or more, got {args.num_workers}")
     if args.embed_no_backup and not args.embed:
         raise ArtcapError("--embed-no-backup needs --embed")
     if args.explain is not None and args.out is not None:
         raise ArtcapError("--explain writes pictures for the images you name; use it without --out")
-    if args.num_actors is not None and (args.ray is None or args.num_actors < 1):
-        raise ArtcapError("--num-actors needs --ray and must be 1 or more")
+    if args.num_actors is not None and args.ray is None:
+        raise ArtcapError("--num-actors needs --ray")
 
 
 def _metadata_writer(args):
@@ -386,12 +381,6 @@ def add_serve_parser(sub) -> None:
 
 
 def run_serve(args) -> int:
-    if not 0 < args.port < 65536:
-        raise ArtcapError(f"--port must be from 1 to 65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise ArtcapError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
-    if not args.max_pixels > 0:
-        raise ArtcapError(f"--max-pixels must be > 0, got {args.max_pixels}")
     try:
         from .server import serve
     except ImportError as e:
@@ -477,8 +466,6 @@ def main(argv: list[str] | None = None) -> int:
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    if threads < 1:
-        raise ArtcapError(f"--threads must be 1 or more, got {threads}")
     import torch
 
     torch.set_num_threads(threads)
