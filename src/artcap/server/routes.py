@@ -21,7 +21,7 @@ from artcap.images import ACCEPTED_FORMATS_TEXT
 from artcap.server.prepare import ACCEPTED_FORMATS, PreparedImage, prepare_image
 from artcap.server.schemas import CaptionResponse, Captions, Health, ImageInfo, Limits, Word
 from artcap.server.settings import ServerSettings
-from artcap.server.upload import Upload, mib, read_multipart
+from artcap.server.upload import FORM_FIELDS, Upload, mib, read_multipart
 
 if TYPE_CHECKING:
     from artcap.captioner import Captioner
@@ -276,7 +276,8 @@ def _error_responses(settings: ServerSettings) -> dict[int | str, dict[str, Any]
             400: "Malformed or truncated multipart body",
             413: f"Upload over {mib(settings.max_upload_bytes)} or image over {settings.max_pixels:,} pixels",
             415: "Not multipart/form-data, or not a JPEG/PNG/WebP/BMP/TIFF/GIF image",
-            422: "Bad beam/max_len, missing 'image' field, or an image that cannot be decoded",
+            422: f"Bad {'/'.join(FORM_FIELDS[1:])}, missing 'image' field, an unknown or repeated field, "
+                 "or an image that cannot be decoded",
             503: "Too many captions in progress, caption queue full, or server shutting down",
             504: f"The request took longer than {settings.request_timeout_s:g} s",
         }.items()

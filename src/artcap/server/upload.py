@@ -18,10 +18,11 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from artcap.server.errors import ApiError, one_line
 from artcap.server.settings import MiB
 
-# Room for the multipart boundaries, part headers and the small beam/max_len fields.
+# Room for the multipart boundaries, part headers and the small text fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 MAX_FORM_PARTS = 8
-FORM_FIELDS = ("image", "beam", "max_len", "emotion", "explain")
+FORM_FIELDS = ("image", "beam", "max_len", "emotion", "explain")  # the one list: errors name these
+OPTIONAL_FIELDS_TEXT = ", ".join(FORM_FIELDS[1:])
 MAX_TEXT_FIELD_BYTES = 64
 MAX_PART_HEADER_BYTES = 8 * 1024
 
@@ -74,7 +75,7 @@ class _FormCollector:
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= MAX_FORM_PARTS:
-            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only image, beam, max_len, emotion and explain")
+            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only {', '.join(FORM_FIELDS)}")
         self._headers, self._header_bytes = {}, 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -100,7 +101,7 @@ class _FormCollector:
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
         if name not in FORM_FIELDS:
             raise ApiError(
-                422, f"unknown form field {name[:40]!r}; send the painting as field 'image' (optional: beam, max_len)"
+                422, f"unknown form field {name[:40]!r}; send the painting as field 'image' (optional: {OPTIONAL_FIELDS_TEXT})"
             )
         if any(part.name == name for part in self.parts):
             raise ApiError(422, f"form field '{name}' appears twice; send it once")
@@ -117,7 +118,8 @@ class _FormCollector:
         if len(part.data) + (end - start) > limit:
             if part.name == "image":
                 raise too_big(self.max_upload_bytes)
-            raise ApiError(422, f"form field '{part.name}' is longer than {limit} bytes; send a small integer")
+            raise ApiError(422, f"form field '{part.name}' is longer than {limit} bytes; send a short value "
+                                "(a number, an emotion name, true or false)")
         part.data.extend(data[start:end])
 
     def on_end(self) -> None:
