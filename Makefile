@@ -32,10 +32,10 @@ test: setup system-deps
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
-# The documentation site (MkDocs Material) into build/site; --strict fails on a broken page link or anchor.
+# The documentation site (MkDocs Material) into build/site, the README as its home page; --strict fails on
+# a broken link or anchor (scripts/mkdocs_hooks.py checks the links to files outside docs/).
 docs: setup
 	$(BIN)/pip install --quiet -e ".[docs]"
-	$(BIN)/python scripts/docs_index.py
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet -d build/site
 
 # Retrain every model shipped in src/artcap/models/ and its MODEL_CARD.md (about 1 h on 2 CPU cores).
