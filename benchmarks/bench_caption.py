@@ -10,7 +10,7 @@ workers, next to the one-at-a-time baseline, and the end-to-end `caption_collect
 `artcap caption DIR --out FILE` does (record file included). With --sweep: images/s for every
 batch size x decoding workers x torch threads, and the encoder alone per batch size.
 
-With --compare-backends (issue 11) it prints only the image network's backends side by side: a folder
+With --compare-backends it prints only the image network's backends side by side: a folder
 job (model's decoding) with torch then ONNX Runtime, interleaved --rounds times (the machine may be
 shared: compare the ratio, the load average is printed), the ONNX folder job per CNN batch size, the
 share of identical captions over the model's test paintings, and with --int8 ORT static int8
@@ -34,8 +34,8 @@ from artcap.collection import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, caption_c
 from artcap.onnx_backend import BACKENDS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "artemis-mini" / "wikiart"
-TARGET = 40.0  # images/s, issue 4
-ONNX_SPEEDUP, ONNX_TARGET = 1.5, 80.0  # issue 11: x torch, and images/s at the model's decoding on 2 cores
+TARGET = 40.0  # images/s: the captioning speed target
+ONNX_SPEEDUP, ONNX_TARGET = 1.5, 80.0  # the ONNX Runtime backend's targets: x torch, and images/s at the model's decoding on 2 cores
 
 
 def one_at_a_time(captioner: Captioner, paths: list[Path], beam: int | None = None) -> float:
@@ -70,7 +70,7 @@ def encoder_only(captioner: Captioner, batch_size: int, n: int) -> float:
             captioner.encoder(batch)
     return max(1, n // batch_size) * batch_size / (time.perf_counter() - start)
 
-# ---- issue 11: the image network's backends side by side ------------------------------------------
+# ---- the image network's backends side by side ---------------------------------------------------
 
 def load_average() -> str:
     return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg()) + f" on {os.cpu_count()} cores"

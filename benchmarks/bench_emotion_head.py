@@ -1,4 +1,4 @@
-"""The image -> emotion classifier against its baselines (the README's "Results: the emotion classifier" table).
+"""The image -> emotion classifier against its baselines (docs/emotions.md, "Results: the emotion classifier").
 
     python benchmarks/bench_emotion_head.py [--config configs/default.toml]
 

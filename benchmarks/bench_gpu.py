@@ -1,4 +1,4 @@
-"""GPU figures, one prepared run (issue: speed and scale, part 4). Prints one JSON line per measurement.
+"""GPU figures, one prepared run (speed and scale). Prints one JSON line per measurement.
 
     python benchmarks/bench_gpu.py [--quick] [--out DIR]
 

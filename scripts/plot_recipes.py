@@ -1,4 +1,4 @@
-"""Draw the README's recipe trade-offs from docs/measurements/recipes-val.csv (the val table of "Choosing the default
+"""Draw docs/models.md's recipe trade-offs from docs/measurements/recipes-val.csv (the val table of "Choosing the default
 model"): CIDEr-D against distinct captions, and steerability against CIDEr-D for the grounded recipes.
 
     python scripts/plot_recipes.py [--out docs/recipes-val.png]

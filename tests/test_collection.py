@@ -210,7 +210,7 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(shared_data, mod
     assert without_time(records) == without_time(read_records(reference))  # nothing lost, same order
 
 
-# ---- issue 7: nothing lost, nothing silently wrong ------------------------------------------------
+# ---- nothing lost, nothing silently wrong ---------------------------------------------------------
 
 def test_a_file_artcap_did_not_write_is_refused_and_left_byte_identical(shared_data, model_dir, tmp_path, capsys):
     image = paintings(shared_data, 1)[0]

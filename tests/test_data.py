@@ -28,7 +28,7 @@ def test_vocabulary_round_trip(tmp_path):
     assert Vocabulary.load(tmp_path / "v.json").words == vocab.words
 
 
-# The counts documented in the README ("Data formats and presets").
+# The counts documented in docs/data.md.
 DOCUMENTED = {
     "paper": {"images": 2393, "captions": 11965, "vocabulary": 8477, "max_len": 51,
               "train_images": 2034, "val_images": 119, "test_images": 240},

@@ -291,7 +291,7 @@ def _saved(image: Image.Image, fmt: str, **args) -> bytes | None:
     return buffer.getvalue()
 
 
-# Formats Pillow reads (and writes) that the README does not list; each was accepted before.
+# Formats Pillow reads (and writes) that docs/images.md does not list; each was accepted before.
 OTHER_FORMATS = ["PCX", "TGA", "PPM", "ICO", "SGI", "IM", "QOI", "DDS", "JPEG2000", "ICNS", "EPS", "BLP", "SPIDER"]
 UNSIGNED_FORMATS = {"TGA", "IM", "SPIDER"}  # Pillow tells them by trying to read them, not by a signature
 

@@ -1,4 +1,4 @@
-"""Folder jobs on Ray (issue 11, part 3): an actor pool captions, the driver writes the same record file.
+"""Folder jobs on Ray: an actor pool captions, the driver writes the same record file.
 
 The slow tests share one local Ray instance (starting Ray costs seconds); a killed driver joins it by
 its address, as a driver joins a real cluster.
@@ -48,7 +48,7 @@ def without_time(path: Path) -> list[dict]:
 # ---- fast: the pieces -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cluster, node, actors, expected", [
-    (2, 2, 2, 0.5),  # the issue's 2-core measurement: 1 CPU each deadlocks against Ray Data's tasks
+    (2, 2, 2, 0.5),  # the 2-core measurement: 1 CPU each deadlocks against Ray Data's tasks
     (2, 2, 1, 1.0),
     (1, 1, 2, 0.25),
     (64, 16, 8, 7.0),  # whole CPUs, one torch thread each

@@ -241,7 +241,7 @@ def test_serve_refuses_a_port_in_use_in_one_line():
             serve(port=port)
 
 
-# ----------------------------------------------------------------------------- issue 7/8: trust
+# ---------------------------------------------------------------------------------------- trust
 def test_truncated_multipart_body_is_400_not_500(client):
     for body in (b"--XYZ\r\n", b'--XYZ\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n\xff\xd8\xff'):
         response = client.post("/v1/captions", content=body, headers={"content-type": "multipart/form-data; boundary=XYZ"})

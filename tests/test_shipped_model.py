@@ -50,7 +50,7 @@ def _val_paintings(shared_data, count: int) -> list:
 
 
 def test_the_default_is_steered_by_the_emotion_asked_for(captioner, shared_data):
-    """Issue 9's steerability, on 24 val paintings: captions asked for an emotion are judged (by the model's own
+    """The default model's steerability, on 24 val paintings: captions asked for an emotion are judged (by the model's own
     text classifier) to express it far more often than chance (1/9)."""
     from artcap.text_emotion import TextEmotionClassifier, steerability
 

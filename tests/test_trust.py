@@ -1,4 +1,4 @@
-"""Issue 'Trust': training settings, resume from any point, odd data, damaged files, faults in the feature
+"""Trust: training settings, resume from any point, odd data, damaged files, faults in the feature
 cache and in training, and the command line's small promises. Each test failed before its fix."""
 
 import json

@@ -1,6 +1,6 @@
 """Stage 1, the corpus: read ArtEmis / Flickr8k annotations, split by image, apply a preprocessing preset.
 
-Formats (see README "Data formats"):
+Formats (see docs/data.md):
 - ArtEmis release CSV: `art_style, painting, emotion, utterance, repetition`, images at
   `<images>/<art_style>/<painting>.jpg` (the WikiArt layout).
 - Flickr8k (Kaggle): `captions.txt` with header `image,caption`, images at `<images>/<image>`.

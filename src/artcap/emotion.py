@@ -376,7 +376,7 @@ def _full_proba(model, features: np.ndarray) -> np.ndarray:
 
 def benchmark_emotion_head(corpus, settings: EmotionSettings | None = None) -> dict[str, Any]:
     """Train the head (selection on val), then score it, the training prior, the majority guess and the logistic probe
-    on val and test: the README's table."""
+    on val and test: the table in docs/emotions.md ("Results: the emotion classifier")."""
     head, report = train_emotion_head(corpus, settings)
     train_split = EmotionSplit.of(corpus, "train")
     val_split = EmotionSplit.of(corpus, "val")

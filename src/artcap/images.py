@@ -1,7 +1,7 @@
 """Turn any image a user hands us (a file, bytes, a PIL image, a numpy array) into a fully decoded
 8-bit RGB picture, or refuse it in one line.
 
-Only the formats the README lists are read (ACCEPTED_FORMATS), whatever the file is called.
+Only the formats docs/images.md lists are read (ACCEPTED_FORMATS), whatever the file is called.
 Every failure (missing, empty, not an image, another format, truncated, too big, odd colour mode,
 an array of the wrong shape or type) becomes an `ImageLoadError`; no Pillow exception or warning
 reaches the caller.
@@ -28,7 +28,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 ACCEPTED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 """Pillow format names of the only formats artcap decodes (told by content, never by file name).
 The rest of Pillow's ~40 readers (EPS via Ghostscript, ICO, PCX, TGA, JPEG 2000, ...) stay unused:
-less untrusted-file surface, and one list the README, the CLI and the web app share."""
+less untrusted-file surface, and one list the docs, the CLI and the web app share."""
 
 ACCEPTED_FORMATS_TEXT = "JPEG, PNG, WebP, BMP, TIFF or GIF"
 """ACCEPTED_FORMATS as people write them, for messages."""

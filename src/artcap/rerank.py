@@ -9,7 +9,7 @@ per painting per batch, in seconds on a CPU. Only its weights ship (`matcher.saf
 caption or image of the training data.
 
 `artcap train` with `matcher = true` trains it after the decoder; decoding with `rerank = true` (`--rerank`) uses it.
-Measured on val (README, "Choosing the default model"): for the grounded Lite2 model, CIDEr-D 0.082 -> 0.095,
+Measured on val (docs/models.md, "Choosing the default model"): for the grounded Lite2 model, CIDEr-D 0.082 -> 0.095,
 grounding 0.030 -> 0.042, distinct 71% -> 92%.
 """
 
