@@ -15,7 +15,7 @@ from . import settings
 from .decode import DecodingConfig
 from .errors import ArtcapError
 from .settings import bounded
-from .io import DISK_FULL_ERRNOS
+from .stdout import StdoutWriteError, guarded_stdout
 
 log = logging.getLogger("artcap")
 
@@ -439,8 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
-        _set_threads(args.threads)
-        return int(args.func(args) or 0)
+        with guarded_stdout():  # stdout on a full disk, past a file-size limit or closed: one line
+            _set_threads(args.threads)
+            return int(args.func(args) or 0)
+    except StdoutWriteError as e:  # the output is incomplete, like a job with failed images: exit code 1
+        print(f"artcap: error: {e}", file=sys.stderr)
+        return 1
     except ArtcapError as e:
         print(f"artcap: error: {e}", file=sys.stderr)
         return 2
@@ -454,15 +458,6 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
-    except OSError as e:
-        if e.errno not in DISK_FULL_ERRNOS:
-            raise
-        # Every file writer says this itself (io.py); what reaches here is standard output on a full disk or
-        # past a file-size limit. Point stdout at /dev/null so the interpreter's final flush stays quiet.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print(f"artcap: error: standard output: {os.strerror(e.errno)}; free some space or write the output "
-              f"elsewhere (--out FILE)", file=sys.stderr)
-        return 1
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return

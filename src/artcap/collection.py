@@ -543,7 +543,7 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
     `engine` captions the images elsewhere (ray_job.RayEngine: an actor pool on a Ray cluster); this
     process stays the only writer of the record file, so every guarantee above holds the same.
     """
-    from .images import find_images
+    from .images import list_images
 
     out = Path(out)
     record_format(out)  # a bad suffix fails before any work
@@ -551,7 +551,8 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
     asked = (emotion or "auto") if captioner.is_grounded else (emotion or "")
     identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, **overrides),
                            asked, writer.describe())
-    paths, input_errors = find_images(inputs, recursive=recursive)
+    listing = list_images(inputs, recursive=recursive)  # entries that cannot be read become error records
+    paths, input_errors = listing.paths, listing.input_errors
     with writer, RecordFile(out, identity) as records:  # the writer first: no exiftool fails before any file is touched
         old = records.latest()
         todo = [(p, k) for p, k in ((p, record_key(p, inputs)) for p in paths)
@@ -559,7 +560,7 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
         summary = CollectionSummary(out, total=len(paths), skipped=len(paths) - len(todo), captioned=0,
                                     retried=sum(k in old for _, k in todo), unusable_inputs=len(input_errors))
         _caption_into(records, captioner, todo, summary, writer, batch_size=batch_size, num_workers=num_workers,
-                      progress=progress, engine=engine)
+                      progress=progress, engine=engine, refused=listing.refused)
         records.finish()
     summary.errors = [(str(e.source), str(e)) for e in input_errors]
     summary.errors += [(k, r["error"]) for k, r in records.latest().items() if r.get("error")]
@@ -568,8 +569,10 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
 
 def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Path, str]],
                   summary: CollectionSummary, writer: MetadataWriter, *, batch_size: int, num_workers: int,
-                  progress: bool, engine: "CaptionEngine | None" = None) -> None:
-    """Caption the (path, key) pairs of `todo` in order, appending one record each."""
+                  progress: bool, engine: "CaptionEngine | None" = None,
+                  refused: dict[Path, str] | None = None) -> None:
+    """Caption the (path, key) pairs of `todo` in order, appending one record each; a `refused` path
+    (path -> why it cannot be read) gets its error record without being read."""
     from tqdm import tqdm
 
     bar = tqdm(total=summary.total, initial=summary.skipped, unit="img", desc="caption", disable=not progress,
@@ -577,11 +580,12 @@ def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Pa
     key_of = dict(todo)
     started = time.perf_counter()
     try:
-        images, emotion = [p for p, _ in todo], records.identity.asked_emotion or None
+        refused = refused or {}
+        images, emotion = [p for p, _ in todo if p not in refused], records.identity.asked_emotion or None
         results = (caption_paths(captioner, images, batch_size=batch_size, num_workers=num_workers,
                                  decoding=records.identity.decoding, emotion=emotion)
                    if engine is None else engine(images, records.identity.decoding, emotion))
-        for result in results:
+        for result in _with_refusals([p for p, _ in todo], refused, results):
             description, error = result.description, result.error
             if error is None and writer.enabled:
                 error = writer.write(result.path, result.caption, captioner.source,
@@ -595,6 +599,15 @@ def _caption_into(records: RecordFile, captioner: Captioner, todo: list[tuple[Pa
     finally:
         summary.seconds = time.perf_counter() - started
         bar.close()
+
+
+def _with_refusals(paths: list[Path], refused: dict[Path, str], results: Iterable[CaptionResult]
+                   ) -> Iterator[CaptionResult]:
+    """`results` (one per path not in `refused`, in order) with an error result for each refused path
+    in its place, so the record file keeps the order of `paths`."""
+    results = iter(results)
+    for path in paths:
+        yield CaptionResult(path, None, f"{path}: {refused[path]}") if path in refused else next(results)
 
 
 def _now() -> str:

@@ -9,6 +9,7 @@ Formats (see docs/data.md):
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import random
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import ArtcapError
+from .paths import OutsideRootError, confined
 from .text import Vocabulary, first_sentence, tokenize
 
 log = logging.getLogger("artcap")
@@ -51,6 +53,7 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
         raise ArtcapError(f"{path}: no such file; pass the ArtEmis CSV or Flickr8k captions.txt")
     if not images.is_dir():
         raise ArtcapError(f"{images}: no such folder; pass the folder holding the images")
+    locate = _image_locator(images)
     annotations: list[Annotation] = []
     problems: list[tuple[int, str]] = []
     duplicates: list[tuple[int, int]] = []  # (row, the earlier row it repeats)
@@ -72,7 +75,7 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
                     duplicates.append((line, first_seen[key]))
                     continue
                 first_seen[key] = line
-                row = make_row(line, {name: values[i].strip() for name, i in where.items()}, images)
+                row = make_row(line, {name: values[i].strip() for name, i in where.items()}, locate)
                 (problems if isinstance(row, tuple) else annotations).append(row)
     except UnicodeDecodeError as e:
         raise ArtcapError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
@@ -106,7 +109,21 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
     return annotations
 
 
-RowMaker = Callable[[int, dict[str, str], Path], "Annotation | tuple[int, str]"]
+Locator = Callable[[str, str], "Path | str"]  # (path relative to the image folder, its columns) -> path or problem
+RowMaker = Callable[[int, dict[str, str], Locator], "Annotation | tuple[int, str]"]
+
+
+def _image_locator(images: Path) -> Locator:
+    """The image a row names, through paths.confined (a problem when it is outside `images`); each
+    painting is looked up once however many rows it has (a full ArtEmis CSV has 450K rows)."""
+    @functools.lru_cache(maxsize=None)
+    def locate(relative: str, columns: str) -> Path | str:
+        try:
+            return confined(images, relative, columns)
+        except OutsideRootError as e:
+            return str(e)
+
+    return locate
 
 
 def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
@@ -137,7 +154,7 @@ def _row_format(path: Path, header: list[str]) -> tuple[tuple[str, ...], RowMake
     return ARTEMIS_COLUMNS, _artemis_row
 
 
-def _artemis_row(line: int, rec: dict[str, str], images: Path) -> Annotation | tuple[int, str]:
+def _artemis_row(line: int, rec: dict[str, str], locate: Locator) -> Annotation | tuple[int, str]:
     style, painting, emotion, text = rec["art_style"], rec["painting"], rec["emotion"], rec["utterance"]
     if not style or not painting:
         return (line, "empty art_style or painting")
@@ -145,16 +162,18 @@ def _artemis_row(line: int, rec: dict[str, str], images: Path) -> Annotation | t
         return (line, f"unknown emotion {emotion!r} (expected one of: {', '.join(EMOTIONS)})")
     if not tokenize(text):
         return (line, "empty utterance")
-    return Annotation(f"{style}/{painting}", images / style / f"{painting}.jpg", text, emotion, line)
+    image = locate(f"{style}/{painting}.jpg", "art_style/painting")
+    return Annotation(f"{style}/{painting}", image, text, emotion, line) if isinstance(image, Path) else (line, image)
 
 
-def _flickr_row(line: int, rec: dict[str, str], images: Path) -> Annotation | tuple[int, str]:
+def _flickr_row(line: int, rec: dict[str, str], locate: Locator) -> Annotation | tuple[int, str]:
     name, text = rec["image"], rec["caption"]
     if not name:
         return (line, "empty image name")
     if not tokenize(text):
         return (line, "empty caption")
-    return Annotation(name, images / name, text, None, line)
+    image = locate(name, "image")
+    return Annotation(name, image, text, None, line) if isinstance(image, Path) else (line, image)
 
 
 def _is_file(path: Path) -> bool:

@@ -28,6 +28,7 @@ from .encoders import Encoder, EncoderOutput
 from .errors import ArtcapError
 from .images import ImageLoadError, load_image
 from .io import atomic_path, atomic_write_json
+from .paths import confined, require_writable_folder
 
 log = logging.getLogger("artcap")
 INDEX_VERSION = 2
@@ -36,6 +37,13 @@ INDEX_VERSION = 2
 def _file_key(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _file_key_or_none(path: Path) -> tuple[str, int, int] | None:
+    try:
+        return _file_key(path)
+    except (OSError, RuntimeError):  # gone, unreadable, or a link loop (RuntimeError from resolve)
+        return None
 
 
 class _DecodedImages(Dataset):
@@ -181,7 +189,8 @@ class FeatureCache:
         # What computes the features: `encoder` itself, or an onnx_backend runner of it (ONNX Runtime's
         # features equal torch's to ~1e-5, so both fill one cache)
         self.runner = runner or encoder
-        self.dir = Path(root) / encoder.key / self.spec.folder
+        self.root = Path(root)
+        self.dir = self.root / encoder.key / self.spec.folder
         self.index_path = self.dir / "index.json"
         self._lock = FileLock(str(self.dir / ".lock"))  # the file is made on first use, by extraction only
         self._index = self._read_index()
@@ -199,23 +208,34 @@ class FeatureCache:
                 "shards": [], "files": {}}
 
     def _read_index(self) -> dict:
-        if not self.index_path.exists():
-            return self._empty_index()
         try:
-            index = json.loads(self.index_path.read_text())
+            text = self.index_path.read_text()
+        except (FileNotFoundError, NotADirectoryError):  # a new cache (or one whose root is not a folder yet)
+            return self._empty_index()
+        except OSError as e:  # unreadable, a folder, under /proc...: extraction's location check says more
+            raise ArtcapError(f"{self.index_path}: cannot read the feature cache's index ({e.strerror or e}); "
+                              f"pass another cache folder with --cache (config key feature_cache)") from None
+        try:
+            index = json.loads(text)
             expected = self._empty_index()
             if any(index[k] != expected[k] for k in ("version", "feature_dim", "kind", "row_shape", "dtype")):
                 raise ValueError
+            return self._drop_damaged_shards(index)
         except (ValueError, KeyError, TypeError):
             raise ArtcapError(f"{self.index_path}: unreadable or from another artcap version; delete {self.dir} "
                               f"to rebuild the cache") from None
-        return self._drop_damaged_shards(index)
+
+    def _shard_path(self, shard: dict) -> Path:
+        """A shard the index names, which must be a file of this cache's folder (the index is data)."""
+        if not isinstance(shard.get("name"), str):
+            raise ValueError("a shard without a name")
+        return confined(self.dir, shard["name"], f"{self.index_path}: shard")
 
     def _drop_damaged_shards(self, index: dict) -> dict:
         """Forget shards whose file is missing or not the size written: their images count as missing."""
         damaged = set()
         for number, shard in enumerate(index["shards"]):
-            path = self.dir / shard["name"]
+            path = self._shard_path(shard)
             if not path.is_file() or path.stat().st_size != shard["bytes"]:
                 damaged.add(number)
                 log.warning("%s: damaged feature shard (missing or truncated); its %d image(s) will be re-extracted",
@@ -229,7 +249,11 @@ class FeatureCache:
         files = self._index["files"]
         out = []
         for p in paths:
-            key, size, mtime = _file_key(Path(p))
+            try:
+                key, size, mtime = _file_key(Path(p))
+            except OSError:  # gone or unreadable: extraction reads it and says why
+                out.append(Path(p))
+                continue
             entry = files.get(key)
             if entry is None or entry[2] != size or entry[3] != mtime:
                 out.append(Path(p))
@@ -242,23 +266,28 @@ class FeatureCache:
         failures: dict[Path, str] = {}
         if not todo:
             return failures
+        require_writable_folder(self.dir, "the feature cache", f"{self.root}: cannot hold the feature cache",
+                                "pass a writable folder with --cache (config key feature_cache)")
         bar = tqdm(total=len(todo), unit="img", desc=f"features {self.encoder.key} {self.spec.folder}",
                    disable=not progress, dynamic_ncols=True)
         for start in range(0, len(todo), chunk_size):
             chunk = todo[start : start + chunk_size]
             with self._locked():
                 chunk = self.missing(chunk)  # another job may have extracted some meanwhile
-            rows, done = self._encode(chunk, batch_size, num_workers, failures, bar)
+            rows, done, keys = self._encode(chunk, batch_size, num_workers, failures, bar)
             with self._locked():
-                self._append_shard(chunk, rows, done)
+                self._append_shard(chunk, rows, done, keys)
             bar.update(len(todo[start : start + chunk_size]) - len(chunk))
         bar.close()
         return failures
 
     def _encode(self, chunk: list[Path], batch_size: int, num_workers: int, failures: dict[Path, str],
-                bar) -> tuple[np.ndarray, np.ndarray]:
+                bar) -> tuple[np.ndarray, np.ndarray, list]:
+        """(feature rows, which rows were encoded, each file's index key). A key is taken before its file is
+        read, so a file changed meanwhile is re-extracted next time; a file that vanishes is a failure."""
         rows = np.zeros((len(chunk), *self.spec.row_shape(self.encoder.feature_dim)), self.spec.dtype)
         done = np.zeros(len(chunk), bool)
+        keys = [_file_key_or_none(path) for path in chunk]
         device = next(self.encoder.buffers()).device
         with torch.inference_mode():
             for idx, batch, errors in decoded_batches(chunk, self.encoder, batch_size, num_workers):
@@ -268,20 +297,22 @@ class FeatureCache:
                     rows[idx] = self.spec.select(self.runner(batch.to(device))).float().cpu().numpy()
                     done[idx] = True
                 bar.update(len(idx) + len(errors))
-        return rows, done
+        for i, path in enumerate(chunk):
+            if done[i] and keys[i] is None:
+                failures[path] = f"{path}: changed while its features were extracted; run the same command again"
+                done[i] = False
+        return rows, done, keys
 
-    def _append_shard(self, chunk: list[Path], rows: np.ndarray, done: np.ndarray) -> None:
+    def _append_shard(self, chunk: list[Path], rows: np.ndarray, done: np.ndarray, keys: list) -> None:
         if not done.any():
             return
         number = len(self._index["shards"])
         name = f"shard-{number:05d}-{os.getpid()}.npy"
         _save_npy(self.dir / name, rows[done])
         row = 0
-        for path, ok in zip(chunk, done):
-            if ok:
-                key, size, mtime = _file_key(path)
-                self._index["files"][key] = [number, row, size, mtime]
-                row += 1
+        for key, size, mtime in (k for ok, k in zip(done, keys) if ok):
+            self._index["files"][key] = [number, row, size, mtime]
+            row += 1
         self._index["shards"].append({"name": name, "rows": row, "bytes": (self.dir / name).stat().st_size})
         atomic_write_json(self.index_path, self._index)
 
@@ -295,7 +326,7 @@ class FeatureCache:
                 raise ArtcapError(f"{p}: no cached features under {self.dir}; run extraction first")
             locations[n] = entry[:2]
         used = set(locations[:, 0].tolist())
-        shards = [np.load(self.dir / shard["name"], mmap_mode="r") if number in used else None
+        shards = [np.load(self._shard_path(shard), mmap_mode="r") if number in used else None
                   for number, shard in enumerate(self._index["shards"])]
         return FeatureView(shards, locations, self.spec.row_shape(self.encoder.feature_dim))
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ArtcapError, first_line
+from .paths import walk_folder
 
 HF_PREFIX = "hf:"
 MODEL_FILES = ("config.json", "vocab.json", "model.safetensors")  # what every artcap model folder holds
@@ -202,8 +203,9 @@ def plan_push(model_dir: str | os.PathLike, repo_id: str, *, license: str | None
     except HFValidationError as e:
         raise ArtcapError(f"{repo_id}: not a Hub repository id ({first_line(e)})") from None
     folder = model_folder(model_dir)
+    files = _readable_files(folder)  # every file the push reads, the card too, checked before any is read
     config = ModelConfig.read(folder)  # a damaged folder is refused before anything is uploaded
-    card_file = next((folder / name for name in CARD_FILES if (folder / name).is_file()), None)
+    card_file = next((folder / name for name in CARD_FILES if name in files), None)
     theirs: dict[str, Any] = {}
     body = f"# {repo_id}\n\nAn artcap captioning model.\n"
     if card_file is not None:
@@ -214,10 +216,23 @@ def plan_push(model_dir: str | os.PathLike, repo_id: str, *, license: str | None
         metadata["license"] = license
     if f"{HF_PREFIX}{repo_id}" not in body:
         body = body.rstrip("\n") + "\n\n" + _usage_section(repo_id)
-    files = tuple(sorted(p.name for p in folder.iterdir()
-                         if p.is_file() and p.name not in CARD_FILES and not p.name.startswith(".")
-                         and not p.name.endswith(".tmp")))
-    return PushPlan(folder, repo_id, files, metadata, _render_card(metadata, body))
+    uploaded = tuple(name for name in files if name not in CARD_FILES)  # the card is rewritten
+    return PushPlan(folder, repo_id, uploaded, metadata, _render_card(metadata, body))
+
+
+def _readable_files(folder: Path) -> tuple[str, ...]:
+    """The names of the folder's files a push reads (all but hidden and temporary files), through
+    paths.walk_folder; one ArtcapError line, before anything is read or sent, for a file that cannot be
+    pushed as it is: a link out of the folder (its target is not the model's to publish), broken or looping."""
+    def pushed(name: str) -> bool:
+        return not name.startswith(".") and not name.endswith(".tmp")
+
+    entries = walk_folder(folder, recursive=False, wanted=pushed)
+    refused = [entry for entry in entries if entry.problem]
+    if refused:
+        more = f" ({len(refused) - 1} more file(s) like it)" if len(refused) > 1 else ""
+        raise ArtcapError(f"{refused[0].path}: {refused[0].problem}{more}; nothing was uploaded")
+    return tuple(entry.path.name for entry in entries)
 
 
 def _read_card(path: Path) -> tuple[dict[str, Any], str]:

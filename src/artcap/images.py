@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from artcap.errors import ArtcapError
+from artcap.paths import walk_folder
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Refuse images with more pixels than this (decompression-bomb guard; ~160 MB as decoded RGBA)."""
@@ -173,52 +175,87 @@ def single_input_folder(inputs: Sequence[str | os.PathLike]) -> Path | None:
     return Path(inputs[0]) if len(inputs) == 1 and Path(inputs[0]).is_dir() else None
 
 
-def find_images(
-    inputs: Sequence[str | Path], recursive: bool = False
-) -> tuple[list[Path], list[ImageLoadError]]:
-    """Expand files and folders into a deterministic list of image paths, plus one error per input
-    that yields nothing (missing path, folder without images).
+@dataclass
+class ImageListing:
+    """What a list of inputs holds: `paths`, every image found (in order), of which `refused` could not
+    be read as found (a broken or looping link, a link out of its folder, a FIFO...: path -> why), and
+    `input_errors`, one per input that yields nothing (a missing path, a folder without images)."""
 
-    A folder contributes its files whose suffix is in IMAGE_EXTENSIONS (any case), sorted; with
-    `recursive` it is searched through all sub-folders. A file named explicitly is kept whatever
-    its suffix (if it is not an image, `load_image` says so). Duplicates keep their first place.
+    paths: list[Path] = field(default_factory=list)
+    refused: dict[Path, str] = field(default_factory=dict)
+    input_errors: list[ImageLoadError] = field(default_factory=list)
+
+    def refusal(self, path: Path) -> ImageLoadError:
+        return ImageLoadError(str(path), self.refused[path], hint="")
+
+
+def list_images(inputs: Sequence[str | Path], recursive: bool = False) -> ImageListing:
+    """Expand files and folders into a deterministic list of images, accounting for every entry.
+
+    A folder contributes every entry whose suffix is in IMAGE_EXTENSIONS (any case), sorted, through
+    `paths.walk_folder`: one that cannot be read (a broken or looping link, a link leading out of the
+    folder, a FIFO, socket or device) is listed in `refused`, never skipped. With `recursive` the
+    folder is searched through all sub-folders. A file named explicitly is kept whatever its suffix
+    (if it is not an image, `load_image` says so). Duplicates keep their first place.
     """
-    found: list[Path] = []
-    errors: list[ImageLoadError] = []
+    listing = ImageListing()
     seen: set[Path] = set()
 
-    def add(path: Path) -> None:
-        key = path.resolve()
+    def add(path: Path, problem: str | None = None) -> None:
+        key = path.resolve() if problem is None else path.absolute()
         if key not in seen:
             seen.add(key)
-            found.append(path)
+            listing.paths.append(path)
+            if problem is not None:
+                listing.refused[path] = problem
 
     for raw in inputs:
         path = Path(raw)
         if path.is_dir():
             try:
-                entries = list(path.rglob("*") if recursive else path.iterdir())
+                entries = walk_folder(path, recursive=recursive, wanted=is_image_name)
             except OSError as e:  # e.g. a folder without read permission
-                errors.append(ImageLoadError(str(raw), f"cannot read the folder ({e.strerror or e})"))
+                listing.input_errors.append(ImageLoadError(str(raw), f"cannot read the folder ({e.strerror or e})"))
                 continue
-            images = sorted(p for p in entries if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            if not images:
-                has_subfolders = not recursive and any(p.is_dir() for p in entries)
-                hint = (
-                    "it has sub-folders: search them with the recursive option"
-                    if has_subfolders
-                    else f"images must end in {', '.join(sorted(IMAGE_EXTENSIONS))}"
-                )
-                errors.append(ImageLoadError(str(raw), "no images found in this folder", hint))
-            for image in images:
-                add(image)
+            if not entries:
+                listing.input_errors.append(_no_images_error(path, recursive))
+            for entry in entries:
+                add(entry.path, entry.problem)
         elif path.is_file():
             add(path)
         elif path.exists():
-            errors.append(ImageLoadError(str(raw), "not a file or folder", "pass an image file or a folder"))
+            listing.input_errors.append(ImageLoadError(str(raw), "not a file or folder", "pass an image file or a folder"))
         else:
-            errors.append(ImageLoadError(str(raw), "file not found", "check the path"))
-    return found, errors
+            listing.input_errors.append(ImageLoadError(str(raw), "file not found", "check the path"))
+    return listing
+
+
+def find_images(
+    inputs: Sequence[str | Path], recursive: bool = False
+) -> tuple[list[Path], list[ImageLoadError]]:
+    """`list_images` as (readable image paths, one error per input that yields nothing and per image
+    that cannot be read), for callers that report both the same way."""
+    listing = list_images(inputs, recursive)
+    readable = [p for p in listing.paths if p not in listing.refused]
+    return readable, [*listing.input_errors, *(listing.refusal(p) for p in listing.refused)]
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _no_images_error(folder: Path, recursive: bool) -> ImageLoadError:
+    has_subfolders = not recursive and any(p.is_dir() for p in _children(folder))
+    hint = ("it has sub-folders: search them with the recursive option" if has_subfolders
+            else f"images must end in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+    return ImageLoadError(str(folder), "no images found in this folder", hint)
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from . import __version__
 from .errors import ArtcapError
 from .images import single_input_folder
 from .io import atomic_write_text
+from .paths import OutsideRootError, confined
 from .text import one_line
 
 ARTCAP_NS = "https://artcap.invalid/xmp/1.0/"  # an identifier, never fetched (.invalid can be nobody's domain)
@@ -95,10 +96,11 @@ def sidecar_path(image: str | os.PathLike, *, xmp_dir: str | os.PathLike | None 
     when it is not under `root`) re-rooted at `xmp_dir`, for collections artcap must not write into."""
     image = Path(image)
     name = image.name + SIDECAR_SUFFIX
+    what = f"{image}: its sidecar"  # paths.confined: never written (or read) through a link out of its folder
     if xmp_dir is None:
-        return image.with_name(name)
+        return confined(image.parent, name, what)
     relative = _mirror_relative(image, Path(root) if root is not None else None)
-    return Path(xmp_dir) / relative.parent / name
+    return confined(xmp_dir, (relative.parent / name).as_posix(), what)
 
 
 def mirror_root(inputs) -> Path:
@@ -412,8 +414,11 @@ class MetadataWriter:
         """Write what is enabled for one image; None, or the failures joined into one line."""
         errors = []
         if self.sidecars or self.xmp_dir is not None:
-            target = sidecar_path(image, xmp_dir=self.xmp_dir, root=self.root)
-            errors.append(write_sidecar(image, caption, model_id, decoding, emotion, sidecar=target))
+            try:
+                target = sidecar_path(image, xmp_dir=self.xmp_dir, root=self.root)
+                errors.append(write_sidecar(image, caption, model_id, decoding, emotion, sidecar=target))
+            except OutsideRootError as e:  # this image's failure; the others go on
+                errors.append(str(e))
         if self.embed:
             if self._exiftool is None:
                 raise RuntimeError("MetadataWriter.write with embed=True needs `with MetadataWriter(...)`")
