@@ -566,3 +566,20 @@ def test_a_feature_cache_that_cannot_be_written_is_one_line_before_any_work(data
         assert_one_line(err, "feature cache")
         if before is not None:
             assert cache.read_bytes() == before
+
+
+@pytest.mark.parametrize("out", [None, "captions.jsonl"])
+def test_a_link_loop_named_like_an_image_makes_the_folder_job_exit_1_naming_it(out, tmp_path, model_dir, capsys):
+    """The case that was seen: the loop was skipped silently and the command exited 0."""
+    folder = tmp_path / "collection"
+    write_image(folder / "a.png")
+    (folder / "loop.jpg").symlink_to("loop.jpg")
+    argv = ["-q", "caption", str(folder), "--model", str(model_dir), *(["--out", str(tmp_path / out)] if out else [])]
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 1 and "Traceback" not in err
+    assert f"{folder / 'loop.jpg'}: a symbolic link loop" in err
+    if out:
+        records = {r["path"]: r for r in map(json.loads, (tmp_path / out).read_text().splitlines())}
+        assert records["a.png"]["caption"] and "symbolic link loop" in records["loop.jpg"]["error"]
+    else:
+        assert stdout.startswith(f"{folder / 'a.png'}\t")
