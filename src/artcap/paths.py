@@ -54,7 +54,7 @@ def confined(root: str | os.PathLike, relative: str | os.PathLike, what: str, *,
     if not _is_within(real, real_root):
         how = "through a symbolic link " if _lexically_within(text) else ""
         raise OutsideRootError(f"{what}: {text!r} leads {how}outside {os.fsdecode(root)} (to {real}); artcap "
-                               f"reads only inside the folder it was given")
+                               f"stays inside the folder it was given")
     return joined
 
 
@@ -70,7 +70,7 @@ def _lexically_within(relative: str) -> bool:
 def require_writable_folder(folder: Path, what: str, problem: str, advice: str) -> None:
     """Make `folder` (and its parents) and prove a file can be created in it, before any work goes into
     filling it; else one ArtcapError line: "`problem` (why, at which path); `advice`". Catches a
-    location that is a file, read-only, on a full disk, or in a pseudo file system such as /proc."""
+    location that is a file (or under one), read-only, or in a pseudo file system such as /proc."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder, prefix=".artcap-write-check-"):
