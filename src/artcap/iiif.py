@@ -214,9 +214,18 @@ def _read(source: str, client: IIIFClient, depth: int, budget: list[int]) -> Ite
             return
         budget[0] -= 1 if item["type"] == "Manifest" else 0
         try:
-            yield from _read(item["id"], client, depth + 1, budget)
+            yield from _read(_named_location(item["id"], source), client, depth + 1, budget)
         except ArtcapError as e:
             yield e
+
+
+def _named_location(location: str, named_by: str) -> str:
+    """A document named inside another is on the web: a local file is read only when the user names it (a
+    remote collection naming /home/... or ../secret.json must not make artcap read it)."""
+    if not location.lower().startswith(("http://", "https://")):
+        raise ArtcapError(f"{location}: named by {named_by}, and not an http(s) URL; artcap reads a local file "
+                          f"only when you name it yourself")
+    return location
 
 
 def _presentation_type(document: Any, source: str) -> str:
@@ -345,7 +354,7 @@ def image_request_url(canvas: Canvas, client: IIIFClient, min_side: int) -> str:
         return canvas.image_url  # type: ignore[return-value]  # _canvas made sure one of the two is there
     level, width, height, sizes = service.level, canvas.width, canvas.height, []
     if level is None or level == 0 or width is None or height is None:
-        info = client.get_json(f"{service.id}/info.json", max_bytes=1 * MiB)
+        info = client.get_json(_named_location(f"{service.id}/info.json", canvas.id), max_bytes=1 * MiB)
         if not isinstance(info, dict):
             raise FetchError(f"{service.id}/info.json: not an Image API info.json")
         level = _level(info.get("profile")) if level is None else level

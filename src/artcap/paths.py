@@ -30,14 +30,10 @@ class OutsideRootError(ArtcapError):
     """A path named by data that would lead outside the folder it must stay in."""
 
 
-def confined(root: str | os.PathLike, relative: str | os.PathLike, what: str, *,
-             links_may_leave: bool = False) -> Path:
+def confined(root: str | os.PathLike, relative: str | os.PathLike, what: str) -> Path:
     """`root / relative`, or OutsideRootError (one line starting with `what`, e.g. "data.csv: row 12")
     when `relative` is absolute or leads outside `root` once `..` and symbolic links are resolved.
-    The path returned is the joined one (as the user would write it), not the resolved one.
-
-    `links_may_leave`: only the name is checked, and links in `root` may lead elsewhere: for a model
-    folder, whose files in the Hugging Face cache are links into its blob store."""
+    The path returned is the joined one (as the user would write it), not the resolved one."""
     text = os.fsdecode(relative)
     if "\0" in text:
         raise OutsideRootError(f"{what}: {text!r} holds a NUL character; it cannot name a file")
@@ -45,10 +41,6 @@ def confined(root: str | os.PathLike, relative: str | os.PathLike, what: str, *,
         raise OutsideRootError(f"{what}: {text!r} is an absolute path; name a file inside {os.fsdecode(root)} "
                                f"relative to it")
     joined = Path(root) / text
-    if links_may_leave:
-        if not _lexically_within(text):
-            raise OutsideRootError(f"{what}: {text!r} leads outside {os.fsdecode(root)}; name a file inside it")
-        return joined
     real_root = os.path.realpath(root)
     real = os.path.realpath(joined)
     if not _is_within(real, real_root):
