@@ -508,7 +508,7 @@ def _limit_file_size(limit: int):
 
 @bounded(8)
 @given(command=st.sampled_from(["caption text", "caption json", "caption csv", "models", "push"]),
-       target=st.one_of(st.just("/dev/full"), st.integers(0, 40)))
+       target=st.one_of(st.sampled_from(["/dev/full", "closed"]), st.integers(0, 40)))
 def test_stdout_that_cannot_be_written_is_one_line_and_a_non_zero_exit(command, target, model_dir, shared_data,
                                                                         tmp_path):
     painting = next((shared_data / "artemis-mini" / "wikiart" / "Impressionism").glob("*.jpg"))
@@ -516,6 +516,8 @@ def test_stdout_that_cannot_be_written_is_one_line_and_a_non_zero_exit(command, 
         command, ["caption", str(painting), "--model", str(model_dir), "--format", command.split()[-1]])
     if target == "/dev/full":
         stdout, limit = open("/dev/full", "w"), None
+    elif target == "closed":  # `artcap ... >&-`: the output would be lost without a word
+        stdout, limit = open(os.devnull, "w"), lambda: os.close(1)
     else:
         stdout, limit = open(tmp_path / f"out-{target}.txt", "w"), _limit_file_size(target)
     with stdout:
