@@ -251,18 +251,22 @@ def _num(x: float) -> str:
 
 # ---- a pydantic model from settings classes (the HTTP API's parameters and their OpenAPI schema) ----
 
-def request_model(name: str, *classes: type, caps: dict[str, float] | None = None, source: str = "") -> Any:
+def request_model(name: str, *classes: type, caps: dict[str, float] | None = None, source: str = "",
+                  exclude: Iterable[str] = ()) -> Any:
     """A pydantic model whose fields are the fields of the settings `classes`, each optional (None: the
     default of whoever resolves it), with its type, help (description) and bounds (minimum/maximum) from
     its Spec, tightened by `caps` ({name: highest allowed}, e.g. a server's own beam limit). Values
     (text from a query string or a form, or JSON values) are read by `checked_value`, so a request is
-    refused with the words a flag would be; names no field has are refused (extra = "forbid")."""
+    refused with the words a flag would be; names no field has are refused (extra = "forbid"), and so
+    are the `exclude`d fields' names."""
     from pydantic import BeforeValidator, ConfigDict, Field, create_model
     from typing import Annotated
 
     definitions: dict[str, Any] = {}
     for cls in classes:
         for f in fields(cls):
+            if f.name in exclude:
+                continue
             kind, spec = field_type(cls, f), capped(spec_of(f), (caps or {}).get(f.name))
             read = functools.partial(_read_request_value, kind, spec, f.name, source)
             bounds = {} if kind is bool or kind is str else {

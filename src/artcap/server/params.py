@@ -52,9 +52,10 @@ PARAMETERS = tuple(f.name for cls in PARAMETER_CLASSES for f in fields(cls))
 DECODING_FIELDS = frozenset(f.name for f in fields(DecodingConfig))
 
 
-def parameters_model(limits: ServerSettings) -> type[BaseModel]:
+def parameters_model(limits: ServerSettings, name: str = "CaptionParameters",
+                     exclude: tuple[str, ...] = ()) -> type[BaseModel]:
     """This server's request model: the settings' ranges, with beam and max_len capped by its limits."""
-    return settings.request_model("CaptionParameters", *PARAMETER_CLASSES,
+    return settings.request_model(name, *PARAMETER_CLASSES, exclude=exclude,
                                   caps={"beam": limits.max_beam, "max_len": limits.max_len_limit})
 
 

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
     from artcap.captioner import Captioner
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
-# The page's security policy: our own files only; previews are blob: URLs.
 # The share of request_timeout_s a request may wait for a decode slot before it answers 503.
 DECODE_WAIT_SHARE = 0.5
+# The page's security policy: our own files only; previews are blob: URLs.
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
