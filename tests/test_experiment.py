@@ -1,11 +1,14 @@
 """`artcap experiment steps-per-epoch`: one run per grid point, resumable, report rebuilt from finished runs."""
 
 import json
+import re
+import shlex
 
 import pytest
 
 from conftest import tiny_config
 
+from artcap.cli import main
 from artcap.experiment import steps_per_epoch_experiment
 
 
@@ -24,6 +27,11 @@ def test_experiment_trains_each_point_once_and_rebuilds_the_report(artemis_subse
     report = (out / "report.md").read_text()
     assert "![train and val loss per epoch for every run](loss_curves.png)" in report
     assert "| 2 |" in report and "| 3 |" in report
+
+    # The report's Reproduce line runs as printed: the config it trained with is beside it, so nothing retrains.
+    line = re.search(r"Reproduce: `([^`]+)`", report).group(1)
+    assert "--config" in line and main(shlex.split(line)[1:] + ["-q"]) == 0
+    assert json.loads((out / "results.json").read_text())["actions"] == {"2": "skipped", "3": "skipped"}
 
     checkpoints = {n: (out / f"steps-{n}" / "checkpoint.pt").stat().st_mtime_ns for n in (2, 3)}
     evaluations = {n: (out / f"steps-{n}" / "evaluation" / "scores.json").stat().st_mtime_ns for n in (2, 3)}

@@ -38,7 +38,8 @@ def _outside(kind, spec):
         values.append(st.integers(int(spec.high) + 1, 10**12).map(str))
     if spec.low is not None:
         values.append(st.integers(-10**12, math.ceil(spec.low) - (0 if spec.open_low else 1)).map(str))
-    return st.one_of(values)
+    # `off` (e.g. no_repeat_ngram 0) is allowed below `low`
+    return st.one_of(values).filter(lambda text: spec.off is None or text != str(spec.off))
 
 
 @hsettings(max_examples=300, deadline=None)

@@ -71,3 +71,15 @@ def test_bounds_and_bad_manifests_are_one_line_errors(app_url, publisher):
     assert "2.5 s" in error_of(post(app_url, slow), 504)
     assert time.monotonic() - started < 10
     assert httpx.get(f"{app_url}/healthz").status_code == 200
+
+
+def test_a_manifest_takes_the_caption_parameters_of_a_painting(app_url, publisher):
+    """The decoding settings and `emotion` of POST /v1/captions, from the same settings fields; a
+    misspelled one is refused, not ignored."""
+    url = manifest(publisher, "options", [canvas(publisher, 1, publisher.url("img/0.jpg"))])
+    answer = httpx.post(f"{app_url}/v1/iiif", json={"manifest": url, "max_len": 3, "emotion": "awe"}, timeout=60)
+    assert answer.status_code == 200, answer.text
+    captioned = answer.json()["canvases"][0]
+    assert 1 <= len(captioned["caption"].split()) <= 3 and captioned["emotion"] == "awe"
+    assert "beem" in error_of(httpx.post(f"{app_url}/v1/iiif", json={"manifest": url, "beem": 3}, timeout=60), 422)
+    assert "beam" in error_of(httpx.post(f"{app_url}/v1/iiif", json={"manifest": url, "beam": 99}, timeout=60), 422)

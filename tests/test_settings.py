@@ -47,14 +47,15 @@ def test_a_value_is_accepted_exactly_when_its_type_and_range_allow_it(name, valu
 
 
 @hsettings(max_examples=200, deadline=None)
-@given(st.sampled_from([f.name for f in fields(DecodingConfig) if f.name != "rerank"]), st.text(max_size=6))
-def test_a_flag_reads_text_exactly_as_settings_parse_does(name, text):
-    """The command line and every other text source (--set, query strings) share one parser."""
+@given(st.sampled_from([f.name for f in fields(DecodingConfig) if f.name != "rerank"]),
+       st.one_of(st.text(max_size=6), st.integers(-5, 300).map(str), st.floats().map(str)))
+def test_a_flag_reads_text_exactly_as_settings_parse_checked_does(name, text):
+    """The command line and every other text source (query strings, form fields) share one parser and range."""
     parser = argparse.ArgumentParser(exit_on_error=False)
     settings.add_arguments(parser, DecodingConfig)
     flag = settings.flag_name(name)
     try:
-        value = settings.parse(DecodingConfig, name, text, flag)
+        value = settings.parse_checked(DecodingConfig, name, text, flag)
     except ArtcapError:
         value = None
     try:

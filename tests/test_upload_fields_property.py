@@ -1,7 +1,7 @@
 """The multipart reader's refusals name exactly the form fields the API accepts.
 
-One list, `artcap.server.upload.FORM_FIELDS`, is what the reader accepts, what its error messages name and what
-the OpenAPI form schema declares; these tests feed real multipart bodies through the real reader (python-multipart)
+One list, `artcap.server.upload.FORM_FIELDS` (the image and `artcap.server.params.PARAMETERS`), is what the
+reader accepts, what its error messages name and what the OpenAPI form schema declares; these tests feed real multipart bodies through the real reader (python-multipart)
 inside a real Starlette request, so a message that drifts from the list fails here."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ pytest.importorskip("fastapi")
 from starlette.requests import Request  # noqa: E402
 
 from artcap.server.errors import ApiError  # noqa: E402
-from artcap.server.routes import _form_schema  # noqa: E402
+from artcap.server.params import MAX_PARAMETER_BYTES, openapi_form, parameters_model  # noqa: E402
 from artcap.server.settings import ServerSettings  # noqa: E402
-from artcap.server.upload import FORM_FIELDS, MAX_TEXT_FIELD_BYTES, read_multipart  # noqa: E402
+from artcap.server.upload import FORM_FIELDS, read_multipart  # noqa: E402
 
 BOUNDARY = "artcap-test-boundary"
 # Names a client can put in Content-Disposition without quoting trouble.
@@ -42,7 +42,7 @@ def refusal(body: bytes) -> ApiError:
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
     with pytest.raises(ApiError) as refused:
-        asyncio.run(read_multipart(Request(scope, receive), max_upload_bytes=1 << 20))
+        asyncio.run(read_multipart(Request(scope, receive), ServerSettings(max_upload_bytes=1 << 20)))
     return refused.value
 
 
@@ -57,10 +57,11 @@ def test_an_unknown_field_is_refused_naming_every_accepted_field(name):
 @settings(max_examples=20, deadline=None)
 @given(field=st.sampled_from(FORM_FIELDS[1:]), extra=st.integers(1, 200))
 def test_an_oversized_text_field_is_refused_naming_it(field, extra):
-    error = refusal(multipart([(field, b"7" * (MAX_TEXT_FIELD_BYTES + extra))]))
+    error = refusal(multipart([(field, b"7" * (MAX_PARAMETER_BYTES + extra))]))
     assert error.status == 422
-    assert f"'{field}'" in str(error) and str(MAX_TEXT_FIELD_BYTES) in str(error), str(error)
+    assert f"'{field}'" in str(error) and str(MAX_PARAMETER_BYTES) in str(error), str(error)
 
 
 def test_the_openapi_form_declares_exactly_the_accepted_fields():
-    assert set(_form_schema(ServerSettings())["properties"]) == set(FORM_FIELDS)
+    form = openapi_form(parameters_model(ServerSettings()), "the painting")
+    assert set(form["properties"]) == set(FORM_FIELDS)

@@ -214,7 +214,8 @@ class Captioner:
                 raise ArtcapError(f"model {self.model_id} is not emotion-grounded, so it cannot caption under an "
                                   f"emotion; drop --emotion or use a grounded model (the default model is)")
             return None
-        names = [emotion or "auto"] * batch if emotion is None or isinstance(emotion, str) else list(emotion)
+        names = ["auto" if emotion is None else emotion] * batch if emotion is None or isinstance(emotion, str) \
+            else list(emotion)
         if len(names) != batch:
             raise ArtcapError(f"{len(names)} emotions given for {batch} images; give one, or one per image")
         names = [emotion_name(n) for n in names]
@@ -263,6 +264,9 @@ def _rounded_scores(row: np.ndarray) -> dict[str, float]:
 def emotion_name(text: str) -> str:
     """An emotion as users write it ("Awe", "something-else", "something else") -> its EMOTIONS spelling, or "auto"."""
     name = " ".join(text.strip().lower().replace("-", " ").replace("_", " ").split())
+    if not name:  # the same everywhere (flag, form field, query parameter, Python): leave it out for auto
+        raise ArtcapError(f"emotion is empty; leave it out or say auto for the classifier's choice, or use one of: "
+                          f"{', '.join(EMOTIONS)}")
     if name != "auto" and name not in EMOTIONS:
         raise ArtcapError(f"unknown emotion {text!r}; use auto or one of: {', '.join(EMOTIONS)}")
     return name

@@ -193,11 +193,11 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
 
     paths, errors = find_images(args.inputs, recursive=args.recursive)
     failed = [(str(e.source), str(e)) for e in errors]
-    printer = _RecordPrinter(args.format, captioner)
+    decoding = captioner.resolve_decoding(**_decoding_overrides(args))
+    printer = _RecordPrinter(args.format, captioner, decoding)
     for source, message in failed:  # inputs that yielded no image
         printer.add({"path": source, "caption": None, "error": message, "emotion": None, "emotion_scores": None})
     with_attention = captioner.has_attention and (args.explain is not None or args.format == "json")
-    decoding = captioner.resolve_decoding(**_decoding_overrides(args))
     with metadata:
         for result in caption_paths(captioner, paths, batch_size=args.batch_size, num_workers=args.num_workers,
                                     decoding=decoding, emotion=args.emotion, with_attention=with_attention):
@@ -236,8 +236,8 @@ def _save_explanation(folder: Path, result, grid_size: int) -> None:
 class _RecordPrinter:
     """Writes caption records to stdout as they come: `path<TAB>caption` lines, CSV rows, or one JSON document."""
 
-    def __init__(self, fmt: str, captioner) -> None:
-        self.format, self.captioner, self.records = fmt, captioner, []
+    def __init__(self, fmt: str, captioner, decoding) -> None:
+        self.format, self.captioner, self.decoding, self.records = fmt, captioner, decoding, []
         self.csv = csv.writer(sys.stdout) if fmt == "csv" else None
         if self.csv:
             self.csv.writerow(["path", "caption", "error", "emotion", "emotion_scores"])
@@ -256,7 +256,8 @@ class _RecordPrinter:
 
     def close(self) -> None:
         if self.format == "json":
-            json.dump({"model": self.captioner.model_id, "captions": self.records}, sys.stdout, indent=2)
+            json.dump({"model": self.captioner.model_id, "decoding": self.decoding.to_dict(), "captions": self.records},
+                      sys.stdout, indent=2)
             sys.stdout.write("\n")
 
 
@@ -365,6 +366,7 @@ def run_train(args) -> int:
 
 def add_serve_parser(sub) -> None:
     from .images import DEFAULT_MAX_PIXELS
+    from .server.settings import MAX_PIXELS, MAX_UPLOAD_BYTES, MiB
 
     p = sub.add_parser("serve", help="serve the web page and HTTP API",
                        description="Serve the drop-a-painting web page at / and the JSON API at POST /v1/captions "
@@ -374,9 +376,13 @@ def add_serve_parser(sub) -> None:
     p.add_argument("--port", type=bounded(int, 1, 65535), default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", default=None, help="a shipped model's name, a model or run folder, or hf:OWNER/NAME[@REVISION] "
                                                  "(default: the default shipped model)")
-    p.add_argument("--max-upload-mb", type=bounded(float, 0, 4096, open_low=True), default=20.0, help="largest accepted upload in MiB (default 20)")
-    p.add_argument("--max-pixels", type=bounded(int, 1, 2**34), default=DEFAULT_MAX_PIXELS,
-                   help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS})")
+    # The server's own limits (ServerSettings) bound these: the flag refuses what the server would.
+    upload_mib = MAX_UPLOAD_BYTES // MiB
+    p.add_argument("--max-upload-mb", type=bounded(float, 0, upload_mib, open_low=True), default=20.0,
+                   help=f"largest accepted upload in MiB (default 20, at most {upload_mib})")
+    p.add_argument("--max-pixels", type=bounded(int, 1, MAX_PIXELS), default=DEFAULT_MAX_PIXELS,
+                   help=f"largest accepted image in pixels, width x height (default {DEFAULT_MAX_PIXELS}, at most "
+                        f"{MAX_PIXELS:,})")
     p.set_defaults(func=run_serve)
 
 
@@ -391,10 +397,6 @@ def run_serve(args) -> int:
 
 
 # ---- main ---------------------------------------------------------------------------------------
-
-# More threads than this hang or crash torch's thread pool (5,000 hangs, 100,000 segfaults) and are never faster.
-MAX_THREADS = 256
-
 
 class _OneLineParser(argparse.ArgumentParser):
     """A command-line mistake is one line, like every other user error (argparse would print the usage too)."""
@@ -414,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # options every command takes, before or after its name
         command.add_argument("--quiet", "-q", action="store_true", default=argparse.SUPPRESS,
                              help="no progress bars or info messages")
-        command.add_argument("--threads", type=bounded(int, 1, MAX_THREADS), default=None,
+        command.add_argument("--threads", type=settings.Bounded(int, settings.threads_spec(), "threads"), default=None,
                              help="torch threads (default: torch's, one per core)")
         if command.prog.split()[-1] in ("caption", "features", "evaluate", "serve"):
             command.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
@@ -436,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     # Torch's OpenMP threads spin while they wait; on a busy machine that costs 10x in speed (measured:
     # beam-5 decoding 2-3 vs ~200 images/s). Before torch is imported; the user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:  # a usage error (one line, said already), --help or --version: its exit code
+        return stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 2
     _setup_logging(args.quiet)
     try:
         with guarded_stdout():  # stdout on a full disk, past a file-size limit or closed: one line

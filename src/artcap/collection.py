@@ -543,11 +543,13 @@ def caption_collection(captioner: Captioner, inputs: Sequence[str | Path], out: 
     `engine` captions the images elsewhere (ray_job.RayEngine: an actor pool on a Ray cluster); this
     process stays the only writer of the record file, so every guarantee above holds the same.
     """
+    from .captioner import emotion_name
     from .images import list_images
 
     out = Path(out)
     record_format(out)  # a bad suffix fails before any work
     writer = metadata or MetadataWriter()
+    emotion = emotion_name(emotion) if emotion is not None else None  # "" is refused, as on every surface
     asked = (emotion or "auto") if captioner.is_grounded else (emotion or "")
     identity = JobIdentity(captioner.source, captioner.resolve_decoding(decoding, **overrides),
                            asked, writer.describe())

@@ -30,6 +30,8 @@ log = logging.getLogger("artcap")
 # Scaled to artemis-mini (about 10,000 training captions = 160 batches of 64 per pass) so the whole
 # study — 4 runs, their evaluation and the report — finishes in under 20 minutes on a 2-core CPU.
 QUICK = {"grid": [10, 20, 40, 80], "epochs": 3}
+MAX_STEPS, MAX_EPOCHS = 1_000_000, 100_000
+CONFIG_FILE = "experiment.toml"  # the config every run of the study trained with (the report's Reproduce line)
 PAPER = {"grid": [50, 100, 1000, 2000, 5000, 7000, 10000], "epochs": 10}
 REPORT_COLUMNS = ["s/epoch", "final train loss", "final val loss", "best val loss", *COCO_KEYS, "paper BLEU-4",
                   "grounding", "distinct", "copied"]
@@ -103,12 +105,13 @@ def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int
     """Train every grid point (skipping finished runs), evaluate each, write the report. Returns results."""
     from .plots import plot_losses
 
-    if not grid or any(n < 1 for n in grid):
-        raise ArtcapError(f"--grid {grid}: give positive step counts, e.g. --grid 50,100,1000")
-    if epochs < 1:
-        raise ArtcapError(f"--epochs {epochs}: must be 1 or more")
+    if not grid or any(isinstance(n, bool) or not 1 <= n <= MAX_STEPS for n in grid):
+        raise ArtcapError(f"--grid {grid}: give step counts from 1 to {MAX_STEPS}, e.g. --grid 50,100,1000")
+    if not 1 <= epochs <= MAX_EPOCHS:
+        raise ArtcapError(f"--epochs {epochs}: must be from 1 to {MAX_EPOCHS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config.save(out / CONFIG_FILE)  # what the Reproduce line names: --set and --quick's changes included
     started = time.perf_counter()
     actions = {}
     for steps in grid:
@@ -126,6 +129,7 @@ def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int
         "experiment": "steps-per-epoch",
         "grid": grid,
         "epochs": epochs,
+        "meteor": with_meteor,
         "config": {k: v for k, v in vars(config).items() if k not in ("out", "steps_per_epoch", "epochs")},
         "actions": {str(k): v for k, v in actions.items()},
         "rows": [rows[s] for s in grid],
@@ -165,12 +169,21 @@ def render_report(results: dict, out: Path) -> str:
         if (out / f"steps-{steps}" / "loss.png").is_file():
             lines.append(f"- [{steps} steps per epoch](steps-{steps}/loss.png): "
                          f"[scores](steps-{steps}/evaluation/scores.md)")
-    lines += ["", f"Reproduce: `artcap experiment steps-per-epoch --grid {','.join(map(str, results['grid']))} "
-              f"--epochs {results['epochs']} --out {out}` (finished runs are skipped)."]
+    lines += ["", f"Reproduce: `{reproduce_command(results, out)}` (finished runs are skipped)."]
     return "\n".join(lines) + "\n"
 
 
-# ---- CLI ----------------------------------------------------------------------------------------
+def reproduce_command(results: dict, out: Path) -> str:
+    """The command that ran this study: with the config it trained with (written beside the report),
+    so it runs as printed."""
+    import shlex
+
+    command = ["artcap", "experiment", "steps-per-epoch", "--config", str(out / CONFIG_FILE),
+               "--grid", ",".join(map(str, results["grid"])), "--epochs", str(results["epochs"]), "--out", str(out)]
+    if not results.get("meteor", True):
+        command.append("--no-meteor")
+    return shlex.join(command)
+
 
 def _parse_grid(text: str) -> list[int]:
     try:
@@ -182,6 +195,9 @@ def _parse_grid(text: str) -> list[int]:
     return list(dict.fromkeys(grid))
 
 
+# ---- CLI ----------------------------------------------------------------------------------------
+
+
 def add_experiment_parser(sub) -> None:
     p = sub.add_parser("experiment", help="reproduce the report's experiments (steps per epoch)",
                        description="Run a training study, evaluate every run on the test split and write a "
@@ -191,7 +207,7 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--grid", default=None,
                    help=f"steps per epoch, comma-separated (default: {','.join(map(str, PAPER['grid']))}; "
                         f"--quick: {','.join(map(str, QUICK['grid']))})")
-    p.add_argument("--epochs", type=bounded(int, 1, 100_000), default=None,
+    p.add_argument("--epochs", type=bounded(int, 1, MAX_EPOCHS), default=None,
                    help=f"epochs per run (default: {PAPER['epochs']}; --quick: {QUICK['epochs']})")
     p.add_argument("--quick", action="store_true",
                    help="a preset scaled to artemis-mini that finishes in under 20 minutes on 2 CPU cores")

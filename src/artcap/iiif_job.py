@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .annotations import annotation_page
-from .captioner import Captioner, Description
+from .captioner import Captioner, Description, emotion_name
 from .collection import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_BATCH_SIZE, JobIdentity, RecordFile
 from .decode import DecodingConfig
 from .errors import ArtcapError
@@ -80,6 +80,7 @@ def caption_iiif(captioner: Captioner, source: str, out: str | Path | None = Non
     if out is not None and Path(out).suffix.lower() not in (".jsonl", ".ndjson"):
         raise ArtcapError(f"{out}: a IIIF job's record file is JSON Lines; name it .jsonl")
     decoding = captioner.resolve_decoding(decoding, beam=beam, max_len=max_len)
+    emotion = emotion_name(emotion) if emotion is not None else None  # "" is refused, as on every surface
     asked = (emotion or "auto") if captioner.is_grounded else (emotion or "")
     summary = IIIFSummary(source, captioner.source)
     with IIIFClient(limits) as client:

@@ -14,7 +14,7 @@ import functools
 import math
 import types
 import typing
-from dataclasses import Field, dataclass, field, fields, is_dataclass
+from dataclasses import Field, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import ArtcapError
@@ -125,9 +125,34 @@ def parse(cls: type, name: str, text: Any, source: str) -> Any:
     f = next((f for f in fields(cls) if f.name == name), None)
     if f is None:
         raise ArtcapError(f"{source}: unknown setting {name!r}; known: {', '.join(x.name for x in fields(cls))}")
-    kind = field_type(cls, f)
+    return _convert(field_type(cls, f), spec_of(f), name, text, source)
+
+
+def parse_checked(cls: type, name: str, text: Any, source: str) -> Any:
+    """`parse`, then the field's range: what every surface that reads text (flags, query parameters,
+    form fields) accepts, so that a value is refused where it is given, with the same words everywhere."""
+    f = next((f for f in fields(cls) if f.name == name), None)
+    if f is None:
+        parse(cls, name, text, source)  # the one-line "unknown setting" error
+    return checked_value(field_type(cls, f), spec_of(f), name, text, source)
+
+
+def checked_value(kind: type, spec: Spec, name: str, text: Any, source: str) -> Any:
+    """Text or a value -> `kind`, inside `spec`, or one line: '{source}: {name} must be ..., got ...'."""
+    value = _convert(kind, spec, name, text, source)
+    if not spec.accepts(value):
+        raise ArtcapError(f"{_prefix(source)}{name} {must_be(kind, spec, text)}")
+    return value
+
+
+def must_be(kind: type, spec: Spec, got: Any) -> str:
+    """'must be from 1 to 20, got 50': how every message says what a value should have been."""
+    return f"must be {_kind_text(kind, spec)}, got {_shown(got)}"
+
+
+def _convert(kind: type, spec: Spec, name: str, text: Any, source: str) -> Any:
     if _is(text, kind) or (kind is float and isinstance(text, int) and not isinstance(text, bool)):
-        return text
+        return float(text) if kind is float else text
     if isinstance(text, str):
         raw = text.strip()
         if kind is bool and raw.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
@@ -135,9 +160,19 @@ def parse(cls: type, name: str, text: Any, source: str) -> Any:
         try:
             if kind in (int, float):
                 return kind(raw)
-        except ValueError:
+        except (ValueError, OverflowError):
             pass
-    raise ArtcapError(f"{source}: {name} must be {_kind_text(kind, spec_of(f))}, got {text!r}")
+    raise ArtcapError(f"{_prefix(source)}{name} {must_be(kind, spec, text)}")
+
+
+def _prefix(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """A value as a message quotes it: repr, cut short (a message is one line of reasonable length)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def flag_name(name: str) -> str:
@@ -146,7 +181,7 @@ def flag_name(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Iterable[str] | None = None) -> None:
     """One flag per field (`max_len` -> `--max-len`), default None (= keep the model's or config's),
-    the help and the range from the field's Spec; booleans get `--x/--no-x`."""
+    the help and the range from the field's Spec, checked as the flag is read; booleans get `--x/--no-x`."""
     wanted = set(only) if only is not None else None
     for f in fields(cls):
         if wanted is not None and f.name not in wanted:
@@ -158,35 +193,32 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Iterab
                                 default=None, help=help_text)
         else:
             parser.add_argument(flag_name(f.name), dest=f.name, default=None, metavar=f.name.upper(),
-                                type=_argparse_type(cls, f.name), help=f"{help_text}; {spec.describe()}")
+                                type=Bounded(kind, spec, f.name), help=f"{help_text}; {spec.describe()}")
 
 
-def _argparse_type(cls: type, name: str) -> Callable[[str], Any]:
-    def convert(text: str) -> Any:
+class Bounded:
+    """An argparse `type` that reads a number and checks it against a Spec as the flag is parsed, so
+    `--threads 100000` or `--max-upload-mb inf` is one usage line, never a hang or a traceback. Every
+    numeric flag of the command line is one of these (a settings field's, or `bounded(...)`'s); `spec`
+    lets tests find every bounded flag and generate values outside its range."""
+
+    def __init__(self, kind: type, spec: Spec, name: str) -> None:
+        self.kind, self.spec, self.__name__ = kind, spec, name
+
+    def __call__(self, text: str) -> Any:
         try:
-            return parse(cls, name, text, flag_name(name))
-        except ArtcapError as e:  # argparse prints it as one usage line
-            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
-    convert.__name__ = name
-    return convert
+            return checked_value(self.kind, self.spec, self.__name__, text, flag_name(self.__name__))
+        except ArtcapError:  # argparse prints it as "argument --x: must be ..., got ..."
+            raise argparse.ArgumentTypeError(must_be(self.kind, self.spec, text)) from None
+
+    def __repr__(self) -> str:  # argparse names the type in some messages
+        return self.__name__
 
 
-def bounded(kind: type, low: float, high: float, *, open_low: bool = False) -> Callable[[str], Any]:
+def bounded(kind: type, low: float, high: float, *, open_low: bool = False) -> Bounded:
     """An argparse type for a number flag that is not a settings field (--threads, --port, ...): the
-    text must parse as `kind` and lie in its range, else argparse's one-line error names the flag."""
-    spec = Spec(help="", low=low, high=high, open_low=open_low)
-
-    def convert(text: str) -> Any:
-        try:
-            value = kind(text.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {text!r}") from None
-        if not spec.accepts(value):
-            raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {text!r}")
-        return value
-    convert.__name__ = kind.__name__
-    convert.spec = spec  # so tests can find every bounded flag and generate values outside its range
-    return convert
+    text must parse as `kind` and lie in low..high, else argparse's one-line error names the flag."""
+    return Bounded(kind, Spec(help="", low=low, high=high, open_low=open_low), kind.__name__)
 
 
 def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
@@ -204,5 +236,58 @@ def check_overrides(cls: type, values: dict[str, Any], label: Callable[[str], st
     return values
 
 
+# More threads than this hang or crash torch's thread pool (5,000 hangs, 100,000 segfaults) and are never faster.
+MAX_THREADS = 256
+
+
+def threads_spec() -> Spec:
+    """torch threads, for the CLI's --threads and serve(threads=)."""
+    return Spec(help="torch threads", low=1, high=MAX_THREADS)
+
+
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+# ---- a pydantic model from settings classes (the HTTP API's parameters and their OpenAPI schema) ----
+
+def request_model(name: str, *classes: type, caps: dict[str, float] | None = None, source: str = "",
+                  exclude: Iterable[str] = ()) -> Any:
+    """A pydantic model whose fields are the fields of the settings `classes`, each optional (None: the
+    default of whoever resolves it), with its type, help (description) and bounds (minimum/maximum) from
+    its Spec, tightened by `caps` ({name: highest allowed}, e.g. a server's own beam limit). Values
+    (text from a query string or a form, or JSON values) are read by `checked_value`, so a request is
+    refused with the words a flag would be; names no field has are refused (extra = "forbid"), and so
+    are the `exclude`d fields' names."""
+    from pydantic import BeforeValidator, ConfigDict, Field, create_model
+    from typing import Annotated
+
+    definitions: dict[str, Any] = {}
+    for cls in classes:
+        for f in fields(cls):
+            if f.name in exclude:
+                continue
+            kind, spec = field_type(cls, f), capped(spec_of(f), (caps or {}).get(f.name))
+            read = functools.partial(_read_request_value, kind, spec, f.name, source)
+            bounds = {} if kind is bool or kind is str else {
+                "ge": min(x for x in (spec.low, spec.off) if x is not None) if spec.low is not None else None,
+                "le": spec.high}
+            definitions[f.name] = (Annotated[kind | None, BeforeValidator(read)],
+                                   Field(None, description=f"{spec.help}: {_kind_text(kind, spec)}", **bounds))
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **definitions)
+
+
+def capped(spec: Spec, high: float | None) -> Spec:
+    """`spec` with a lower ceiling (a server that allows less than the setting itself)."""
+    if high is None or (spec.high is not None and spec.high <= high):
+        return spec
+    return replace(spec, high=high)
+
+
+def _read_request_value(kind: type, spec: Spec, name: str, source: str, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return checked_value(kind, spec, name, value, source)
+    except ArtcapError as e:
+        raise ValueError(str(e)) from None

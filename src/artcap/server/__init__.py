@@ -8,11 +8,24 @@ that wait at the same moment as a batch, so torch never runs in many threads at 
     settings.py  ServerSettings, the limits      upload.py   the multipart reader
     errors.py    JSON errors, nosniff            prepare.py  bytes -> model-size array
     routes.py    the endpoints                   batching.py the inference thread
+    params.py    the request's parameters        protocol.py uvicorn's HTTP/1.1 with JSON 400s
     app.py       create_app                      running.py  serve, serve_in_background
+
+Names are imported on first use, so `artcap.server.settings` (the CLI's flag bounds) loads
+without FastAPI.
 """
 
-from artcap.server.app import create_app
-from artcap.server.running import serve, serve_in_background
-from artcap.server.settings import ServerSettings
+from __future__ import annotations
 
-__all__ = ["ServerSettings", "create_app", "serve", "serve_in_background"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"ServerSettings": "artcap.server.settings", "create_app": "artcap.server.app",
+            "serve": "artcap.server.running", "serve_in_background": "artcap.server.running"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'artcap.server' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -8,28 +8,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 
 from artcap.errors import ArtcapError
 from artcap.captioner import Description, emotion_name
 from artcap.data import EMOTIONS
+from artcap.server import params
 from artcap.server.batching import Ask, BatchingCaptioner
 from artcap.server.errors import ApiError, ErrorBody
 from artcap.images import ACCEPTED_FORMATS_TEXT
 from artcap.server.prepare import ACCEPTED_FORMATS, PreparedImage, prepare_image
 from artcap.server.schemas import CaptionResponse, Captions, Health, ImageInfo, Limits, Word
 from artcap.server.settings import ServerSettings
-from artcap.server.upload import FORM_FIELDS, Upload, mib, read_multipart
+from artcap.server.upload import Upload, mib, read_multipart
 
 if TYPE_CHECKING:
     from artcap.captioner import Captioner
 
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
-# The page's security policy: our own files only; previews are blob: URLs.
 # The share of request_timeout_s a request may wait for a decode slot before it answers 503.
 DECODE_WAIT_SHARE = 0.5
+# The page's security policy: our own files only; previews are blob: URLs.
 PAGE_CSP = "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -38,28 +40,45 @@ class CaptionService:
 
     def __init__(self, captioner: Captioner, settings: ServerSettings, batcher: BatchingCaptioner) -> None:
         self.captioner, self.settings, self.batcher = captioner, settings, batcher
+        self.parameters = params.parameters_model(settings)
         self._decode_limiter = anyio.CapacityLimiter(settings.max_concurrent_decodes)
-        self._active = 0  # requests between arrival and answer (one event loop: a plain int is safe)
+        # One event loop: plain ints are safe. Uploads still arriving and captions in progress are counted
+        # apart, so clients that stall mid-upload hold upload slots (bounded in time), never caption slots.
+        self._uploads = 0
+        self._active = 0
 
-    async def answer(self, request: Request, query: dict[str, Any]) -> CaptionResponse:
+    async def answer(self, request: Request) -> CaptionResponse:
+        query = params.query_parameters(request.query_params.multi_items())
+        params.read_parameters(self.parameters, query)  # a bad query parameter is refused before the upload
+        upload = await self._receive(request, query)
         if self._active >= self.settings.max_active_requests:
             raise ApiError(503, f"the server is busy ({self._active} captions in progress); retry in a few seconds")
         self._active += 1
         try:
-            return await asyncio.wait_for(self._caption(request, query), self.settings.request_timeout_s)
+            return await asyncio.wait_for(self._caption(upload, query), self.settings.request_timeout_s)
         except asyncio.TimeoutError:
             raise ApiError(
                 504,
                 f"captioning took longer than this server's {self.settings.request_timeout_s:g} s limit; "
-                "the server is busy or the upload slow, retry later or with a smaller image",
+                "the server is busy, retry later or with a smaller image",
             ) from None
         finally:
             self._active -= 1
 
-    async def _caption(self, request: Request, query: dict[str, Any]) -> CaptionResponse:
+    async def _receive(self, request: Request, query: dict[str, str]) -> Upload:
+        """The upload, read in one of `max_uploads` slots within its deadlines (408 past them)."""
+        if self._uploads >= self.settings.max_uploads:
+            raise ApiError(503, f"the server is receiving {self._uploads} uploads at once, its limit; retry in a "
+                                f"few seconds")
+        self._uploads += 1
+        try:
+            return await read_multipart(request, self.settings, in_query=query)
+        finally:
+            self._uploads -= 1
+
+    async def _caption(self, upload: Upload, query: dict[str, str]) -> CaptionResponse:
         started = time.perf_counter()
-        upload = await read_multipart(request, self.settings.max_upload_bytes)
-        ask = self._ask(upload, query)
+        ask = self._ask({**query, **upload.fields})
         decoding = ask.decoding
         image_bytes = _take_image_bytes(upload)
         upload_size = len(image_bytes)
@@ -111,20 +130,15 @@ class CaptionService:
         finally:
             self._decode_limiter.release()
 
-    def _ask(self, upload: Upload, query: dict[str, Any]) -> Ask:
-        """Form fields override query parameters; what neither gives is the model's default."""
-        limits, fields = self.settings, upload.fields
-        beam = _int_param("beam", fields.get("beam"), 1, limits.max_beam)
-        max_len = _int_param("max_len", fields.get("max_len"), 1, limits.max_len_limit)
-        emotion = fields.get("emotion") or query["emotion"]
-        explain = _bool_param("explain", fields.get("explain"))
+    def _ask(self, values: dict[str, str]) -> Ask:
+        """The query's and the form's parameters (each given once) -> what to ask the model; what they
+        leave out is the model's default."""
+        given = params.read_parameters(self.parameters, values)
         try:
-            decoding = self.captioner.resolve_decoding(beam=beam if beam is not None else query["beam"],
-                                                       max_len=max_len if max_len is not None else query["max_len"])
-            ask = Ask(decoding, emotion_name(emotion) if emotion else None,
-                      explain if explain is not None else query["explain"])
+            decoding = self.captioner.resolve_decoding(**params.decoding_overrides(given))
         except ArtcapError as err:
             raise ApiError(422, str(err)) from None
+        ask = Ask(decoding, emotion_name(given.emotion) if given.emotion is not None else None, bool(given.explain))
         if ask.explain and not self.captioner.has_attention:
             raise ApiError(422, f"explain=true needs an attention model; {self.captioner.model_id} has none")
         if ask.emotion and not self.captioner.is_grounded:
@@ -152,6 +166,7 @@ class CaptionService:
             request_timeout_s=limits.request_timeout_s,
             formats=list(ACCEPTED_FORMATS),
             default_decoding=self.captioner.decoding,
+            parameters=_parameter_schemas(self.parameters),
             emotions=list(EMOTIONS),
             grounded=self.captioner.is_grounded,
             emotion_classifier=self.captioner.emotion_head is not None,
@@ -167,27 +182,6 @@ def _take_image_bytes(upload: Upload) -> bytes:
     if not data:
         raise ApiError(422, f"{upload.filename or 'the image'} is empty (0 bytes); send the image file itself")
     return data
-
-
-def _int_param(name: str, raw: str | None, low: int, high: int) -> int | None:
-    if raw is None or raw.strip() == "":
-        return None
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ApiError(422, f"'{name}' must be an integer from {low} to {high}, got {raw[:20]!r}") from None
-    if not low <= value <= high:
-        raise ApiError(422, f"'{name}' must be from {low} to {high}, got {value}")
-    return value
-
-
-def _bool_param(name: str, raw: str | None) -> bool | None:
-    if raw is None or raw.strip() == "":
-        return None
-    value = raw.strip().lower()
-    if value not in ("true", "false", "1", "0"):
-        raise ApiError(422, f"'{name}' must be true or false, got {raw[:20]!r}")
-    return value in ("true", "1")
 
 
 def _timings(started: float, read_ms: float, decode_started: float, queued_at: float,
@@ -228,57 +222,49 @@ async def _page() -> FileResponse:
 
 def _add_caption_route(app: FastAPI, service: CaptionService) -> None:
     settings = service.settings
+    names = ", ".join(f"`{name}`" for name in params.PARAMETERS)
 
     @app.post(
         "/v1/captions",
         response_model=CaptionResponse,
         summary="Caption one painting",
         description=(
-            "multipart/form-data with field `image`; optional `beam`, `max_len`, `emotion` and `explain`, as form "
-            "fields (which win) or query parameters. Omitted, beam and max_len are the model's defaults (see "
-            "`default_decoding` in /v1/limits). `emotion` (models with `grounded` in /v1/limits): one of the 9 "
-            "emotions or auto (the default: the emotion classifier's choice). `explain=true` (models with "
-            "`attention`): the answer's `words` carry each word's attention map. `captions.greedy` is always the "
-            "beam-1 caption; `captions.beam` is present when the beam used is > 1."
+            f"multipart/form-data with field `image`; optional parameters {names}, each given once, as a query "
+            "parameter or a form field (the same names, types and ranges either way; both at once is refused). "
+            "Decoding parameters left out are the model's defaults (`default_decoding` in /v1/limits); the answer's "
+            "`decoding` says what was used. `emotion` (models with `grounded` in /v1/limits): one of the 9 "
+            "emotions or auto (left out: auto, the emotion classifier's choice; empty is refused). `explain=true` "
+            "(models with `attention`): the answer's `words` carry each word's attention map. `captions.greedy` "
+            "is always the beam-1 caption; `captions.beam` is present when the beam used is > 1."
         ),
         responses=_error_responses(settings),
-        openapi_extra={"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": _form_schema(settings)}}}},
-    )
-    async def create_caption(
-        request: Request,
-        beam: int | None = Query(None, ge=1, le=settings.max_beam, description="Beam width; 1 = greedy only."),
-        max_len: int | None = Query(None, ge=1, le=settings.max_len_limit, description="Maximum caption length in words."),
-        emotion: str | None = Query(None, max_length=40, description="Emotion-grounded models: an emotion name or auto."),
-        explain: bool = Query(False, description="Attention models: return each word's attention map."),
-    ) -> CaptionResponse:
-        return await service.answer(request, {"beam": beam, "max_len": max_len, "emotion": emotion, "explain": explain})
-
-
-def _form_schema(settings: ServerSettings) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["image"],
-        "properties": {
-            "image": {"type": "string", "format": "binary", "description": f"The painting: {ACCEPTED_FORMATS_TEXT}."},
-            "beam": {"type": "integer", "minimum": 1, "maximum": settings.max_beam, "description": "Overrides ?beam."},
-            "max_len": {"type": "integer", "minimum": 1, "maximum": settings.max_len_limit,
-                        "description": "Overrides ?max_len."},
-            "emotion": {"type": "string", "maxLength": 40, "description": "Overrides ?emotion."},
-            "explain": {"type": "boolean", "description": "Overrides ?explain."},
+        openapi_extra={
+            "parameters": params.openapi_parameters(service.parameters),
+            "requestBody": {"required": True, "content": {"multipart/form-data": {
+                "schema": params.openapi_form(service.parameters, f"The painting: {ACCEPTED_FORMATS_TEXT}.")}}},
         },
-    }
+    )
+    async def create_caption(request: Request) -> CaptionResponse:
+        return await service.answer(request)
+
+
+def _parameter_schemas(model: type[BaseModel]) -> dict[str, Any]:
+    """{name: JSON schema} of every request parameter: what the page builds its controls from."""
+    return {name: {k: v for k, v in prop.items() if k != "title"}
+            for name, prop in model.model_json_schema()["properties"].items()}
 
 
 def _error_responses(settings: ServerSettings) -> dict[int | str, dict[str, Any]]:
     return {
         code: {"model": ErrorBody, "description": text}
         for code, text in {
-            400: "Malformed or truncated multipart body",
+            400: "Malformed HTTP request (e.g. Content-Length twice), or a malformed or truncated multipart body",
+            408: "The upload took longer than upload_timeout_s, or sent nothing for upload_idle_s",
             413: f"Upload over {mib(settings.max_upload_bytes)} or image over {settings.max_pixels:,} pixels",
             415: "Not multipart/form-data, or not a JPEG/PNG/WebP/BMP/TIFF/GIF image",
-            422: f"Bad {'/'.join(FORM_FIELDS[1:])}, missing 'image' field, an unknown or repeated field, "
-                 "or an image that cannot be decoded",
-            503: "Too many captions in progress, caption queue full, or server shutting down",
-            504: f"The request took longer than {settings.request_timeout_s:g} s",
+            422: "An unknown, repeated, empty or out-of-range parameter, no 'image' field, or an image that cannot "
+                 "be decoded",
+            503: "Too many uploads arriving or captions in progress, caption queue full, or server shutting down",
+            504: f"Captioning (after the upload) took longer than {settings.request_timeout_s:g} s",
         }.items()
     }

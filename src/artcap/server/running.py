@@ -11,8 +11,10 @@ from typing import Any, Iterator
 
 from fastapi import FastAPI
 
+from artcap import settings as settings_mechanism
 from artcap.errors import ArtcapError
 from artcap.server.app import create_app
+from artcap.server.protocol import JsonErrorH11Protocol
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -34,8 +36,7 @@ def set_torch_threads(threads: int | None) -> None:
     """torch's intra-op threads for inference (None: torch's default, one per core)."""
     if threads is None:
         return
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ArtcapError(f"--threads must be a whole number >= 1, got {threads!r}")
+    settings_mechanism.checked_value(int, settings_mechanism.threads_spec(), "threads", threads, "--threads")
     import torch
 
     torch.set_num_threads(threads)
@@ -73,7 +74,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000, *
     app = create_app(captioner, settings)
     shown_host = f"[{host}]" if ":" in host else host
     print(f"artcap: serving model {captioner.model_id} at http://{shown_host}:{port}/ (API docs at /docs); Ctrl-C stops")
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", http=JsonErrorH11Protocol)
 
 
 @contextlib.contextmanager
@@ -86,7 +87,7 @@ def serve_in_background(app: FastAPI, host: str = "127.0.0.1", port: int = 0) ->
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", http=JsonErrorH11Protocol))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="artcap-uvicorn")
     thread.start()
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from artcap.decode import DecodingConfig
@@ -56,7 +58,10 @@ class Limits(BaseModel):
     max_len_limit: int
     request_timeout_s: float
     formats: list[str]
-    default_decoding: DecodingConfig = Field(description="What a request without beam/max_len gets: the model's default.")
+    default_decoding: DecodingConfig = Field(description="What a request that sets no decoding parameter gets: the "
+                                                         "model's default.")
+    parameters: dict[str, Any] = Field(description="Every parameter POST /v1/captions accepts, as a JSON schema "
+                                                   "(type, minimum, maximum, description): the page's controls.")
     emotions: list[str] = Field(description="The emotion names `emotion` accepts (besides auto).")
     grounded: bool = Field(description="Whether the model captions under an emotion (`emotion` is accepted).")
     emotion_classifier: bool = Field(description="Whether answers carry emotion_scores.")

@@ -1,4 +1,6 @@
-"""Read one multipart/form-data upload into memory, bounded while it streams.
+"""Read one multipart/form-data upload into memory, bounded while it streams: in bytes, in time
+(a deadline for the whole upload, and a shorter one for a pause: a client that stalls is answered
+408 and its slot freed) and in fields (the caption parameters of params.py, each once).
 
 python-multipart's streaming `MultipartParser` does the parsing; this module only collects its
 parts. Why not Starlette's `request.form()`: it bounds text fields but not file size, spools
@@ -11,19 +13,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Collection
 
+import anyio
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from artcap.server.errors import ApiError, one_line
-from artcap.server.settings import MiB
+from artcap.server.params import IMAGE_FIELD, MAX_PARAMETER_BYTES, PARAMETERS, check_name, too_long
+from artcap.server.settings import MiB, ServerSettings
 
-# Room for the multipart boundaries, part headers and the small text fields.
+# Room for the multipart boundaries, part headers and the small parameter fields.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
-MAX_FORM_PARTS = 8
-FORM_FIELDS = ("image", "beam", "max_len", "emotion", "explain")  # the one list: errors name these
-OPTIONAL_FIELDS_TEXT = ", ".join(FORM_FIELDS[1:])
-MAX_TEXT_FIELD_BYTES = 64
+FORM_FIELDS = (IMAGE_FIELD, *PARAMETERS)  # the one list (params.py): what the reader accepts and errors name
+MAX_FORM_PARTS = len(FORM_FIELDS)  # the image and each parameter once
 MAX_PART_HEADER_BYTES = 8 * 1024
 
 
@@ -53,8 +56,9 @@ def too_big(max_upload_bytes: int) -> ApiError:
 class _FormCollector:
     """The parser's callbacks: collect the parts, refusing unknown, repeated or oversized ones."""
 
-    def __init__(self, max_upload_bytes: int) -> None:
+    def __init__(self, max_upload_bytes: int, in_query: Collection[str] = ()) -> None:
         self.max_upload_bytes = max_upload_bytes
+        self.in_query = in_query  # parameters the query string already gave: the form may not repeat them
         self.parts: list[_Part] = []
         self.ended = False  # set only by the closing boundary
         self._header_bytes = 0
@@ -75,7 +79,8 @@ class _FormCollector:
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= MAX_FORM_PARTS:
-            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only {', '.join(FORM_FIELDS)}")
+            raise ApiError(422, f"the form has more than {MAX_FORM_PARTS} fields; send only {', '.join(FORM_FIELDS)}, "
+                                f"each once")
         self._headers, self._header_bytes = {}, 0
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
@@ -99,12 +104,12 @@ class _FormCollector:
     def on_headers_finished(self) -> None:
         _, disposition = parse_options_header(self._headers.get(b"content-disposition"))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
-        if name not in FORM_FIELDS:
-            raise ApiError(
-                422, f"unknown form field {name[:40]!r}; send the painting as field 'image' (optional: {OPTIONAL_FIELDS_TEXT})"
-            )
-        if any(part.name == name for part in self.parts):
-            raise ApiError(422, f"form field '{name}' appears twice; send it once")
+        seen = [*self.in_query, *(part.name for part in self.parts)]
+        if name == IMAGE_FIELD:
+            if IMAGE_FIELD in seen:
+                raise ApiError(422, f"form field '{IMAGE_FIELD}' is given more than once; send one painting")
+        else:
+            check_name(name, seen)
         filename = disposition.get(b"filename")
         # The name shows up in one-line error messages: no control characters, bounded length.
         shown = one_line(filename.decode("utf-8", "replace"), 100) if filename is not None else None
@@ -114,12 +119,11 @@ class _FormCollector:
         if not self.parts:  # data before any part's headers: the parser forbids it, but be sure
             raise ApiError(400, "form data before any part header; resend the form")
         part = self.parts[-1]
-        limit = self.max_upload_bytes if part.name == "image" else MAX_TEXT_FIELD_BYTES
+        limit = self.max_upload_bytes if part.name == IMAGE_FIELD else MAX_PARAMETER_BYTES
         if len(part.data) + (end - start) > limit:
-            if part.name == "image":
+            if part.name == IMAGE_FIELD:
                 raise too_big(self.max_upload_bytes)
-            raise ApiError(422, f"form field '{part.name}' is longer than {limit} bytes; send a short value "
-                                "(a number, an emotion name, true or false)")
+            raise too_long(part.name)
         part.data.extend(data[start:end])
 
     def on_end(self) -> None:
@@ -138,20 +142,22 @@ def _boundary(request: Request) -> bytes:
     return boundary
 
 
-async def read_multipart(request: Request, max_upload_bytes: int) -> Upload:
+async def read_multipart(request: Request, limits: ServerSettings, in_query: Collection[str] = ()) -> Upload:
     """Stream the body into memory, rejecting it (413) as soon as it grows past the limit: the
-    Content-Length is checked first, then the bytes actually received."""
+    Content-Length is checked first, then the bytes actually received. An upload that takes longer
+    than `upload_timeout_s`, or sends nothing for `upload_idle_s`, is answered 408."""
     started = time.perf_counter()
     boundary = _boundary(request)
+    max_upload_bytes = limits.max_upload_bytes
     max_body = max_upload_bytes + MULTIPART_OVERHEAD_BYTES
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body:
         raise too_big(max_upload_bytes)
-    collector = _FormCollector(max_upload_bytes)
+    collector = _FormCollector(max_upload_bytes, in_query)
     received = 0
     try:
         parser = MultipartParser(boundary, collector.callbacks())
-        async for chunk in request.stream():
+        async for chunk in _timed_chunks(request, limits, started):
             received += len(chunk)
             if received > max_body:
                 raise too_big(max_upload_bytes)
@@ -166,11 +172,30 @@ async def read_multipart(request: Request, max_upload_bytes: int) -> Upload:
     return _upload(collector.parts, started)
 
 
+async def _timed_chunks(request: Request, limits: ServerSettings, started: float):
+    """The body's chunks, each within the idle limit and all within the upload's deadline (else 408)."""
+    chunks = request.stream().__aiter__()
+    deadline = started + limits.upload_timeout_s
+    while True:
+        left = deadline - time.perf_counter()
+        wait = min(limits.upload_idle_s, left)
+        try:
+            with anyio.fail_after(max(0.0, wait)):
+                chunk = await chunks.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            what = (f"sent nothing for {limits.upload_idle_s:g} s" if wait < left
+                    else f"took longer than {limits.upload_timeout_s:g} s")
+            raise ApiError(408, f"the upload {what}, this server's limit; resend it in one go") from None
+        yield chunk
+
+
 def _upload(parts: list[_Part], started: float) -> Upload:
-    image = next((part for part in parts if part.name == "image"), None)
+    image = next((part for part in parts if part.name == IMAGE_FIELD), None)
     return Upload(
         image=bytes(image.data) if image is not None else None,
         filename=image.filename if image is not None else None,
-        fields={part.name: part.data.decode("utf-8", "replace") for part in parts if part.name != "image"},
+        fields={part.name: part.data.decode("utf-8", "replace") for part in parts if part.name != IMAGE_FIELD},
         read_ms=(time.perf_counter() - started) * 1000,
     )

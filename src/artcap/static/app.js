@@ -2,7 +2,9 @@
 // word's attention map over the painting; with an emotion classifier, a chart of the 9 emotions; with an
 // emotion-grounded model, a click on an emotion re-captions the painting under it.
 "use strict";
-// No beam is sent: the server then uses the model's default decoding (see /v1/limits).
+// Decoding options: one control per decoding parameter the API lists in /v1/limits (`parameters`, the JSON schema
+// of POST /v1/captions, made from the same settings fields as the command line's flags), set to the model's
+// defaults; only the ones a user changed are sent, so the server's answer says what it used.
 
 const form = document.getElementById("upload-form");
 const input = document.getElementById("image-input");
@@ -22,16 +24,20 @@ const emotionsHelp = document.getElementById("emotions-help");
 const emotionChart = document.getElementById("emotion-chart");
 const autoButton = document.getElementById("emotion-auto");
 const meta = document.getElementById("meta");
+const decodingOptions = document.getElementById("decoding-options");
+const decodingControls = document.getElementById("decoding-controls");
+const decodingUsed = document.getElementById("decoding-used");
 
 // The server's limits (a too-big file is refused here instead of half-uploaded) and what its model can do.
 let limits = null;
 const limitsLoaded = fetch("/v1/limits")
   .then((r) => (r.ok ? r.json() : null))
-  .then((l) => { limits = l; })
+  .then((l) => { limits = l; buildDecodingControls(); })
   .catch(() => {});
 
 let previewUrl = null;
-let currentFile = null;  // the painting shown, kept to re-caption it under another emotion
+let currentFile = null;  // the painting shown, kept to re-caption it under another emotion or decoding
+let askedEmotion = null;  // the emotion the painting shown was last asked under
 let requestNumber = 0;  // only the latest request may update the page
 let words = [];  // [{word, attention: g x g}] of the caption shown, when the model has attention
 let pointedWord = null;  // the word under the pointer, else the focused one, shows its map
@@ -78,14 +84,17 @@ async function requestCaption(file, emotion, busyMessage) {
   beamCaption.textContent = "…";
   greedyCaption.textContent = "…";
   meta.textContent = "";
+  decodingUsed.textContent = "";
   result.hidden = false;
   result.setAttribute("aria-busy", "true");
   form.classList.add("busy");
   emotionChart.classList.add("busy");
   statusLine.textContent = busyMessage;
 
+  askedEmotion = emotion;
   const body = new FormData();
   body.append("image", file, file.name);
+  for (const [name, value] of changedDecoding()) body.append(name, value);
   if (emotion) body.append("emotion", emotion);
   if (hasAttention()) body.append("explain", "true");
   let response, data;
@@ -126,8 +135,62 @@ function showAnswer(data, askedEmotion) {
   preview.alt = data.caption;
   showGrounding(data.emotion, askedEmotion);
   showEmotionChart(data.emotion_scores, data.emotion ? askedEmotion : null, data.emotion);
+  decodingUsed.textContent = "Decoding: " + Object.entries(data.decoding).map(([k, v]) => `${k} ${v}`).join(", ");
   const t = data.timing_ms;
   meta.textContent = `${data.image.width}×${data.image.height} ${data.image.format} · model ${data.model} · ${Math.round(t.total)} ms`;
+}
+
+// ------------------------------------------------------------------------------------- decoding options
+// The schema of one parameter: {anyOf: [{type, minimum, maximum}, {type: "null"}], description}.
+function parameterType(schema) {
+  const types = (schema.anyOf || [schema]).filter((s) => s.type !== "null");
+  return types[0] || {};
+}
+
+function buildDecodingControls() {
+  if (!limits || !limits.parameters || !limits.default_decoding) return;
+  decodingControls.textContent = "";
+  for (const [name, fallback] of Object.entries(limits.default_decoding)) {
+    const schema = limits.parameters[name];
+    if (!schema) continue;
+    const type = parameterType(schema);
+    const label = document.createElement("label");
+    label.title = schema.description || "";
+    const text = document.createElement("span");
+    text.textContent = name.replaceAll("_", " ");
+    const control = document.createElement("input");
+    control.name = name;
+    control.dataset.parameter = name;
+    control.setAttribute("aria-description", schema.description || "");
+    if (type.type === "boolean") {
+      control.type = "checkbox";
+      control.checked = Boolean(fallback);
+      control.dataset.default = String(Boolean(fallback));
+    } else {
+      control.type = "number";
+      if (type.minimum !== undefined) control.min = String(type.minimum);
+      if (type.maximum !== undefined) control.max = String(type.maximum);
+      control.step = type.type === "integer" ? "1" : "any";
+      control.value = String(fallback);
+      control.dataset.default = String(fallback);
+    }
+    control.addEventListener("change", () => {
+      if (currentFile) requestCaption(currentFile, askedEmotion, `Captioning ${currentFile.name} again…`);
+    });
+    label.append(text, control);
+    decodingControls.append(label);
+  }
+  decodingOptions.hidden = decodingControls.childElementCount === 0;
+}
+
+// [name, value] of every control a user moved from the model's default.
+function changedDecoding() {
+  const changed = [];
+  for (const control of decodingControls.querySelectorAll("input[data-parameter]")) {
+    const value = control.type === "checkbox" ? String(control.checked) : control.value.trim();
+    if (value !== control.dataset.default) changed.push([control.dataset.parameter, value]);
+  }
+  return changed;
 }
 
 // ------------------------------------------------------------------------------------ words and attention

@@ -41,7 +41,8 @@
       const response = await fetch("/v1/iiif", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ manifest: input.value.trim() }),
+        // The decoding options a user changed above (app.js) apply to a manifest's canvases too.
+        body: JSON.stringify({ manifest: input.value.trim(), ...Object.fromEntries(changedDecoding()) }),
       });
       const body = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
       if (!response.ok) {
