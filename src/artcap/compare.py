@@ -70,7 +70,7 @@ def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: boo
         emotion = emotion_statistics(judge, evalset.annotations, evalset.ids, {"model": captions}, steered)
         statistics["alignment"] = emotion["alignment: model"]
         statistics.update({k: v for k, v in emotion.items() if k.startswith("steerability")})
-    return {"decoding": decoding.to_dict(), "statistics": statistics}
+    return {"decoding": decoding.to_dict(), "statistics": statistics, "captions": captions}
 
 
 def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | Path, images: str | Path,
@@ -78,7 +78,7 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
             feature_cache: str = "", skip_missing: bool = False, progress: bool = True,
             backend: str = "auto") -> dict[str, Any]:
     """Score both models on the same paintings; returns {"a", "b", ..., "measures": {measure: {"a", "b",
-    "difference", "interval", "p_value", "verdict"}}} in MEASURE_ORDER."""
+    "difference", "interval", "p_value", "verdict"}} in MEASURE_ORDER, "captions": {"ids", "a", "b"}}."""
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
@@ -107,7 +107,8 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
             "meteor": with_meteor,
             "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
                       f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
-            "measures": measures}
+            "measures": measures,
+            "captions": {"ids": sets[0].ids, "a": scored[0]["captions"], "b": scored[1]["captions"]}}
 
 
 # ---- rendering ----------------------------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ def run_compare(args) -> int:
                      resamples=args.resamples, feature_cache=args.cache, skip_missing=args.skip_missing,
                      progress=not getattr(args, "quiet", False), backend=args.backend)
     if args.format == "json":
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "captions"}, indent=2) + "\n")
     else:
         sys.stdout.write(render_markdown(result) if args.format == "markdown" else render_text(result))
     return 0
