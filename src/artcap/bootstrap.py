@@ -18,6 +18,7 @@ done once.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,18 +31,21 @@ DEFAULT_SEED = 2021
 CONFIDENCE = 0.95
 
 
-class Statistic:
+class Statistic(ABC):
     """A corpus metric that can be recomputed on any weighting of its paintings."""
 
-    paintings: int
+    @property
+    @abstractmethod
+    def paintings(self) -> int:
+        """N, the number of paintings it is computed over."""
+
+    @abstractmethod
+    def resampled(self, weights: np.ndarray) -> np.ndarray:
+        """[B] values, one per row of painting weights [B, N]."""
 
     def value(self) -> float:
         """The metric on the paintings as they are (every weight 1)."""
         return float(self.resampled(np.ones((1, self.paintings)))[0])
-
-    def resampled(self, weights: np.ndarray) -> np.ndarray:
-        """[B] values, one per row of painting weights [B, N]."""
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,7 @@ class Pooled(Statistic):
     aggregate: Callable[[np.ndarray], np.ndarray]  # [..., K] -> [...]
 
     @property
-    def paintings(self) -> int:  # type: ignore[override]
+    def paintings(self) -> int:
         return len(self.parts)
 
     def resampled(self, weights: np.ndarray) -> np.ndarray:
@@ -84,7 +88,7 @@ class Averaged(Statistic):
     parts: tuple[Statistic, ...]
 
     @property
-    def paintings(self) -> int:  # type: ignore[override]
+    def paintings(self) -> int:
         return self.parts[0].paintings
 
     def resampled(self, weights: np.ndarray) -> np.ndarray:

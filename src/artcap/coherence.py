@@ -1,4 +1,4 @@
-"""Is a caption a sentence a person would keep? Four defects, each a precise word-level rule (docs/coherence.md).
+"""Is a caption a sentence a person would keep? Four defects, each a precise word-level rule (docs/evaluation.md, "Coherence").
 
 Captions are read as artcap's words (``artcap.text.tokenize``: lower case, punctuation dropped, in-word apostrophes
 kept); a clitic ``'s`` is split off ("she's" -> "she", "'s"). Clauses are the pieces between commas, semicolons,
@@ -11,9 +11,9 @@ kept); a clitic ``'s`` is split off ("she's" -> "she", "'s"). Clauses are the pi
   name someone else) are not. A plural or ungendered person noun (people, figure, child) in between makes the
   pronoun's referent unclear, so it is not flagged.
 - **dangling end**: the last word is one an English sentence cannot end on (``dangles``): an article, a possessive
-  determiner, a conjunction, a modal or auxiliary, a subject pronoun, "than", "very" ("... looks like a",
-  "... it looks like it could"); a form of "be" or "of", unless the clause has a wh-word before it ("i wonder what
-  it is" is a sentence, "it could be" is not); "to" after a verb that takes an infinitive ("trying to", "going
+  determiner, a conjunction, a modal, a subject pronoun, "than", "very" ("... looks like a", "... it looks like it
+  could"); a form of "be", "of" or "'s", unless a wh-word came before it ("i wonder what it is" is a sentence, "it
+  could be" is not; the same exemption holds for "to" and "like"); "to" after a verb that takes an infinitive ("trying to", "going
   to"; "attracted to" is a sentence); "like" after look, feel, seem, sound or a form of "be" ("it looks like";
   "child like" is a sentence).
 - **repeated clause**: a clause of two or more words occurs twice, verbatim ("the colors are calming and the colors

@@ -352,7 +352,7 @@ def render_markdown(result: dict) -> str:
         "grounding: CIDEr-D against own references minus against another painting's (0 = generic); "
         "distinct: share of distinct captions; copied: share copied verbatim from training captions; "
         "top caption share: share of paintings given the most frequent caption; mixed genders, dangling end, "
-        "repeated clause, unfinished clause: share of captions with that defect (docs/coherence.md). "
+        "repeated clause, unfinished clause: share of captions with that defect (docs/evaluation.md, Coherence). "
         f"In brackets: the {result['intervals']}.",
     ]
     if "human_leave_one_out" in result:
