@@ -13,7 +13,11 @@ Scoring protocol (see artcap.metrics for the arithmetic):
   the run's training captions;
 - grounding: mean CIDEr-D against a painting's own references minus against the next painting's;
 - top caption share: the share of paintings given the most frequent caption (a stock sentence's reach);
-- the human (leave-one-out) row: what one person achieves against the others (``human_leave_one_out``).
+- coherence: the share of captions that mix genders for one subject, end on a dangling word, repeat a clause or
+  leave a clause unfinished (``artcap.coherence``);
+- the human (leave-one-out) row: what one person achieves against the others (``human_leave_one_out``);
+- a 95% bootstrap interval for every number of every row: paintings resampled, each corpus measure recomputed
+  from per-painting statistics (``artcap.bootstrap``).
 
 The split comes from the model folder's (or its run's) ``splits.json``; without one it is recreated
 from the data with the default split seed (2021), which is what ``artcap train`` does by default.
@@ -376,7 +380,8 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model (and the baselines) with the COCO caption metrics",
                        description="Caption every painting of a split and score it against all of its references: "
                                    "COCO BLEU-1..4, METEOR (needs Java), ROUGE-L, CIDEr-D, the paper's per-painting "
-                                   "BLEU, diversity and grounding. Writes predictions.json, scores.json and "
+                                   "BLEU, diversity, grounding and coherence rates, each with a 95% bootstrap "
+                                   "interval, next to a human row. Writes predictions.json, scores.json and "
                                    "scores.md with --out.")
     p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_MODEL",
                    help="run folder or model folder (default: the shipped model)")
