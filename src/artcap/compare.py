@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import bootstrap
 from .captioner import Captioner
 from .coherence import DEFECTS
@@ -44,6 +46,11 @@ def verdict(measure: str, bounds: list[float | None], name_a: str, name_b: str) 
         a_better = a_higher == (measure in HIGHER_IS_BETTER)
         return f"{name_a if a_better else name_b} better"
     return f"{name_a if a_higher else name_b} higher"  # e.g. mean_length: neither direction is better
+
+
+def _finite(value: float) -> float | None:
+    """None for a measure undefined on these paintings (alignment without a majority emotion): JSON has no NaN."""
+    return value if np.isfinite(value) else None
 
 
 def _check_same_paintings(a: EvaluationSet, b: EvaluationSet, name_a: str, name_b: str, split: str) -> None:
@@ -99,7 +106,7 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
     for measure in [m for m in MEASURE_ORDER if m in scored[0]["statistics"] and m in scored[1]["statistics"]]:
         a, b = scored[0]["statistics"][measure], scored[1]["statistics"][measure]
         result = bootstrap.paired(a, b, weights)
-        measures[measure] = {"a": a.value(), "b": b.value(), **result,
+        measures[measure] = {"a": _finite(a.value()), "b": _finite(b.value()), **result,
                              "verdict": verdict(measure, result["interval"], names[0], names[1])}
     return {"a": names[0], "b": names[1], "a_path": str(captioners[0].folder.path),
             "b_path": str(captioners[1].folder.path), "data": str(data), "split": split,
