@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from artcap.evaluate import evaluate, score_system
+from artcap.evaluate import TABLE_COLUMNS, evaluate, score_system
 from artcap.errors import ArtcapError
 from artcap.metrics import COCO_KEYS, java_available
 
@@ -28,6 +28,19 @@ def test_evaluate_scores_a_trained_model_and_both_baselines(tiny_run, artemis_su
         assert len(scores["paper_bleu"]["first_20"]) == min(20, len(test_ids))
         assert set(scores["diversity"]) == {"distinct_captions", "vocabulary", "mean_length", "copied_from_training"}
         assert math.isfinite(scores["grounding"])
+    # Every measure of every row (systems and people) comes with a 95% interval around its value.
+    from artcap.evaluate import COHERENCE_COLUMNS, table_row
+
+    rows = {name: (table_row(scores), scores["intervals"]) for name, scores in result["systems"].items()}
+    rows["human"] = (result["human_leave_one_out"]["row"], result["human_leave_one_out"]["intervals"])
+    for name, (row, intervals) in rows.items():
+        for column in [*TABLE_COLUMNS, *COHERENCE_COLUMNS]:
+            if row.get(column) is None:
+                continue
+            low, high = intervals[column]
+            assert low - 1e-12 <= row[column] <= high + 1e-12, (name, column, row[column], intervals[column])
+    assert set(result["systems"][result["model"]]["coherence"]) == set(COHERENCE_COLUMNS)
+    assert set(result["emotion"]["intervals"]) >= {f"alignment: {result['model']}", "alignment: human"}
     # One sentence for every painting is, by construction, perfectly ungrounded and always "copied".
     constant = result["systems"]["constant"]
     assert constant["grounding"] == pytest.approx(0.0, abs=1e-9)
@@ -41,6 +54,7 @@ def test_evaluate_scores_a_trained_model_and_both_baselines(tiny_run, artemis_su
     assert json.loads((out / "scores.json").read_text())["systems"] == json.loads(json.dumps(result["systems"]))
     table = (out / "scores.md").read_text()
     assert "| system | BLEU-1 |" in table and "| nearest-neighbour |" in table and "| constant |" in table
+    assert "| system | mixed genders | dangling end | repeated clause | unfinished clause |" in table
 
 
 def test_an_empty_prediction_is_scored_zero_not_a_crash():

@@ -426,12 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _subcommands():
+    from .compare import add_compare_parser
     from .evaluate import add_evaluate_parser
     from .experiment import add_experiment_parser
     from .hub import add_push_parser
 
     return [add_caption_parser, add_models_parser, add_features_parser, add_train_parser, add_evaluate_parser,
-            add_experiment_parser, add_serve_parser, add_push_parser]
+            add_compare_parser, add_experiment_parser, add_serve_parser, add_push_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

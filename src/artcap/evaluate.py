@@ -13,7 +13,11 @@ Scoring protocol (see artcap.metrics for the arithmetic):
   the run's training captions;
 - grounding: mean CIDEr-D against a painting's own references minus against the next painting's;
 - top caption share: the share of paintings given the most frequent caption (a stock sentence's reach);
-- the human (leave-one-out) row: what one person achieves against the others (``human_leave_one_out``).
+- coherence: the share of captions that mix genders for one subject, end on a dangling word, repeat a clause or
+  leave a clause unfinished (``artcap.coherence``);
+- the human (leave-one-out) row: what one person achieves against the others (``human_leave_one_out``);
+- a 95% bootstrap interval for every number of every row: paintings resampled, each corpus measure recomputed
+  from per-painting statistics (``artcap.bootstrap``).
 
 The split comes from the model folder's (or its run's) ``splits.json``; without one it is recreated
 from the data with the default split seed (2021), which is what ``artcap train`` does by default.
@@ -33,10 +37,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import bootstrap
 from .baselines import ConstantCaptioner, NearestNeighbourCaptioner, constant_caption
 from .captioner import Captioner
 from . import settings
 from .checkpoint import read_splits
+from .coherence import DEFECTS, coherence_flags
 from .decode import DecodingConfig
 from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
@@ -52,6 +58,7 @@ SPLITS = ("test", "val", "all")
 FIRST_N_PAPER = 20
 TABLE_COLUMNS = [*COCO_KEYS, "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied",
                  "top caption share"]
+COHERENCE_COLUMNS = list(DEFECTS)
 HUMAN_ROW = "human (leave-one-out)"
 HUMAN_MIN_UTTERANCES = 5  # paintings with at least this many utterances enter the human row
 TOKENISATION = "Stanford PTB tokenizer (COCO protocol), lower-cased, punctuation removed"
@@ -153,63 +160,96 @@ def caption_all(system: Any, features: np.ndarray, batch_size: int = 64, progres
 
 def score_system(ids: list[str], captions: list[str], refs: dict[str, list[str]],
                  training_captions: list[str] | None, with_meteor: bool) -> dict:
-    """Every measure for one system; per-image paper BLEU returned separately."""
+    """Every measure for one system. Besides the public numbers: "per_image_bleu4" and "statistics" (each table
+    column as an ``artcap.bootstrap.Statistic`` over the paintings in sorted id order), which stay out of JSON."""
     predictions = dict(zip(ids, captions))
-    scores = evaluate_captions(predictions, {i: refs[i] for i in ids}, training_captions, with_meteor)
+    scores = evaluate_captions(predictions, {i: refs[i] for i in ids}, training_captions, with_meteor,
+                               statistics=True)
     scores["top_caption_share"] = top_caption_share(predictions)
+    flags = coherence_flags(predictions[i] for i in sorted(ids, key=str))  # the statistics' painting order
+    scores["coherence"] = flags.rates()
+    scores["statistics"].update({name: bootstrap.mean_of(v) for name, v in flags.flags.items()})
     per_image = scores["paper_bleu"].pop("per_image")
     scores["paper_bleu"]["first_20"] = {i: per_image[i] for i in ids[:FIRST_N_PAPER]}
     scores["per_image_bleu4"] = per_image
     return scores
 
 
+PRIVATE_KEYS = ("per_image_bleu4", "statistics")
+
+
+def public(scores: dict) -> dict:
+    """A system's scores without the per-painting data (what scores.json and --format json hold)."""
+    return {k: v for k, v in scores.items() if k not in PRIVATE_KEYS}
+
+
+def add_intervals(scores: dict, weights: np.ndarray) -> None:
+    """scores["intervals"]: {table column: [low, high]}, the 95% bootstrap interval of every measure."""
+    scores["intervals"] = {name: bootstrap.interval(statistic, weights)
+                           for name, statistic in scores["statistics"].items()}
+
+
 def table_row(scores: dict) -> dict[str, float | None]:
     d = scores["diversity"]
     return {**scores["coco"], "paper BLEU-4": scores["paper_bleu"]["mean"], "grounding": scores["grounding"],
             "distinct": d["distinct_captions"], "vocabulary": d["vocabulary"], "mean_length": d["mean_length"],
-            "copied": d.get("copied_from_training"), "top caption share": scores.get("top_caption_share")}
+            "copied": d.get("copied_from_training"), "top caption share": scores.get("top_caption_share"),
+            **scores.get("coherence", {})}
 
 
 def scores_table(systems: dict[str, dict], human: dict | None = None) -> str:
+    """Two markdown tables, the caption measures and the coherence rates, each value with its 95% interval."""
     rows = {name: table_row(s) for name, s in systems.items()}
+    intervals = {name: s.get("intervals", {}) for name, s in systems.items()}
     if human is not None:
         rows[HUMAN_ROW] = human["row"]
-    return format_markdown_table(rows, TABLE_COLUMNS, "system")
+        intervals[HUMAN_ROW] = human.get("intervals", {})
+    return (format_markdown_table(rows, TABLE_COLUMNS, "system", intervals=intervals) + "\n"
+            + format_markdown_table(rows, COHERENCE_COLUMNS, "system", intervals=intervals))
 
 
 def human_leave_one_out(ids: list[str], refs: dict[str, list[str]], with_meteor: bool,
-                        min_utterances: int = HUMAN_MIN_UTTERANCES) -> dict | None:
+                        min_utterances: int = HUMAN_MIN_UTTERANCES,
+                        resamples: int = bootstrap.DEFAULT_RESAMPLES) -> dict | None:
     """The human ceiling on the same paintings and metrics: each person scored against the other people.
 
     Over the paintings with at least `min_utterances` utterances: for each utterance index j < min_utterances
     (file order), utterance j of every painting is the "caption" and the painting's other utterances its
     references; every metric of the table is computed by `score_system`, then averaged over the indices j.
     So each number is what one human achieves against n-1 others (a model is scored against all n, which
-    favours it slightly). Returns {"paintings", "utterance_indices", "references_per_painting", "row"}, or
+    favours it slightly). The 95% intervals resample these paintings, the same draw for every j.
+    Returns {"paintings", "utterance_indices", "references_per_painting", "row", "intervals"}, or
     None when fewer than 2 paintings qualify (grounding compares paintings)."""
     ids = [i for i in ids if len(refs[i]) >= min_utterances]
     if len(ids) < 2:
         return None
-    rows = []
+    rows, statistics = [], []
     for j in range(min_utterances):
         captions = [refs[i][j] for i in ids]
         others = {i: refs[i][:j] + refs[i][j + 1:] for i in ids}
-        rows.append(table_row(score_system(ids, captions, others, None, with_meteor)))
+        scores = score_system(ids, captions, others, None, with_meteor)
+        rows.append(table_row(scores))
+        statistics.append(scores["statistics"])
     averaged = {}
     for column in rows[0]:
         values = [r[column] for r in rows if r[column] is not None]
         averaged[column] = sum(values) / len(values) if values else None
+    weights = bootstrap.resample_weights(len(ids), resamples)
+    intervals = {name: bootstrap.interval(bootstrap.Averaged(tuple(s[name] for s in statistics)), weights)
+                 for name in statistics[0]}
     return {"paintings": len(ids), "utterance_indices": list(range(min_utterances)),
-            "references_per_painting": sum(len(refs[i]) - 1 for i in ids) / len(ids), "row": averaged}
+            "references_per_painting": sum(len(refs[i]) - 1 for i in ids) / len(ids), "row": averaged,
+            "intervals": intervals}
 
 
 def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Path, split: str = "test", *,
              with_meteor: bool = True, out_dir: str | Path | None = None, baselines: bool = False,
              feature_cache: str = "", skip_missing: bool = False, progress: bool = True, backend: str = "auto",
-             **decoding_overrides: Any) -> dict:
+             resamples: int = bootstrap.DEFAULT_RESAMPLES, **decoding_overrides: Any) -> dict:
     """Caption the split with the model (default: the shipped one) and score it; with ``baselines``
     also the nearest-neighbour and constant baselines. Any DecodingConfig field given as a keyword
-    (beam=1) changes the model's decoding. Returns the scores dict (also written to
+    (beam=1) changes the model's decoding. Every measure of every row comes with a 95% bootstrap interval
+    (``resamples`` draws of the paintings). Returns the scores dict (also written to
     ``out_dir``: predictions.json, scores.json, scores.md)."""
     started = time.perf_counter()
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -240,18 +280,20 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
 
     training = [c for cs in evalset.train_captions for c in cs] or None
     t0 = time.perf_counter()
+    weights = bootstrap.resample_weights(len(evalset.ids), resamples)
     systems = {}
     for name, caps in tqdm(captions.items(), desc="scoring", unit="system", disable=not progress or len(captions) == 1):
         systems[name] = score_system(evalset.ids, caps, evalset.references, training, with_meteor)
+        add_intervals(systems[name], weights)
     seconds["metrics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    human = human_leave_one_out(evalset.ids, evalset.references, with_meteor)
+    human = human_leave_one_out(evalset.ids, evalset.references, with_meteor, resamples=resamples)
     seconds["human"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     emotion = emotion_evaluation(
         captioner, evalset.annotations, evalset.splits, evalset.ids, evalset.features, captions,
         lambda e: caption_all(captioner, evalset.features, progress=False, decoding=decoding, emotion=e),
-        Path(feature_cache) if feature_cache else None)
+        Path(feature_cache) if feature_cache else None, weights)
     seconds["emotion"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
 
@@ -268,8 +310,9 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
         "decoding": decoding.to_dict(),
         "tokenisation": TOKENISATION if java_available() else "artcap.text.tokenize (no Java found)",
         "meteor": with_meteor,
+        "intervals": f"95% percentile bootstrap, {resamples} resamples of the paintings (seed {bootstrap.DEFAULT_SEED})",
         "seconds": seconds,
-        "systems": {name: {k: v for k, v in s.items() if k != "per_image_bleu4"} for name, s in systems.items()},
+        "systems": {name: public(s) for name, s in systems.items()},
     }
     if baselines:
         result["constant_caption"] = captions["constant"][0]
@@ -312,7 +355,9 @@ def render_markdown(result: dict) -> str:
         "paper BLEU-4: mean smoothed sentence BLEU-4 per painting (the research report's measure); "
         "grounding: CIDEr-D against own references minus against another painting's (0 = generic); "
         "distinct: share of distinct captions; copied: share copied verbatim from training captions; "
-        "top caption share: share of paintings given the most frequent caption.",
+        "top caption share: share of paintings given the most frequent caption; mixed genders, dangling end, "
+        "repeated clause, unfinished clause: share of captions with that defect (docs/evaluation.md, Coherence). "
+        f"In brackets: the {result['intervals']}.",
     ]
     if "human_leave_one_out" in result:
         h = result["human_leave_one_out"]
@@ -335,7 +380,8 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model (and the baselines) with the COCO caption metrics",
                        description="Caption every painting of a split and score it against all of its references: "
                                    "COCO BLEU-1..4, METEOR (needs Java), ROUGE-L, CIDEr-D, the paper's per-painting "
-                                   "BLEU, diversity and grounding. Writes predictions.json, scores.json and "
+                                   "BLEU, diversity, grounding and coherence rates, each with a 95% bootstrap "
+                                   "interval, next to a human row. Writes predictions.json, scores.json and "
                                    "scores.md with --out.")
     p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_MODEL",
                    help="run folder or model folder (default: the shipped model)")
@@ -349,9 +395,17 @@ def add_evaluate_parser(sub) -> None:
                    help="write predictions.json, scores.json and scores.md into DIR")
     p.add_argument("--baselines", action="store_true", help="also score the nearest-neighbour and constant baselines")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start)")
+    add_resamples_argument(p)
     p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
     p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
     p.set_defaults(func=run_evaluate)
+
+
+def add_resamples_argument(p) -> None:
+    p.add_argument("--resamples", type=settings.bounded(int, 1, 100_000),
+                   default=bootstrap.DEFAULT_RESAMPLES, metavar="N",
+                   help=f"bootstrap resamples of the paintings behind each 95%% interval "
+                        f"(default: {bootstrap.DEFAULT_RESAMPLES})")
 
 
 def run_evaluate(args) -> int:
@@ -359,7 +413,7 @@ def run_evaluate(args) -> int:
     result = evaluate(args.model, args.data, args.images, split=args.split, with_meteor=not args.no_meteor,
                       out_dir=args.out, baselines=args.baselines, feature_cache=args.cache,
                       skip_missing=args.skip_missing, progress=not quiet, backend=args.backend,
-                      **settings.check_overrides(DecodingConfig, settings.overrides(args, DecodingConfig)))
+                      resamples=args.resamples, **settings.check_overrides(DecodingConfig, settings.overrides(args, DecodingConfig)))
     if args.format == "json":
         json.dump({k: v for k, v in result.items() if k != "table"}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -16,12 +16,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import statistics
+from statistics import fmean as statistics_mean, median as statistics_median
 import subprocess
 import warnings
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Literal
+
+import numpy as np
 
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.bleu.bleu_scorer import cook_refs, cook_test
@@ -184,8 +186,15 @@ def _tokenized_pairs(
 # --------------------------------------------------------------------------- COCO protocol
 
 
-def _meteor(gts: dict, res: dict) -> float | None:
-    """Corpus METEOR 1.5 (one JVM for all images), or None without Java."""
+def _meteor(gts: dict, res: dict) -> tuple[float, np.ndarray] | None:
+    """Corpus METEOR 1.5 and each image's METEOR statistics row ([N, 23], ``res`` order), one JVM for all
+    images; None without Java.
+
+    The protocol of pycocoevalcap's ``Meteor.compute_score``: one ``SCORE`` line per image gives its statistics
+    (word counts, matches per module, chunks), then one ``EVAL`` line with all of them gives the corpus score,
+    which METEOR computes from the *summed* statistics (not the mean of per-image scores). ``meteor_from_sums``
+    repeats that arithmetic, so a bootstrap can re-aggregate resampled rows without Java.
+    """
     if not java_available():
         _warn_once("meteor", "java not found on PATH: METEOR is omitted from the caption scores")
         return None
@@ -196,24 +205,98 @@ def _meteor(gts: dict, res: dict) -> float | None:
     res = {k: [v[0].replace("|||", " ")] for k, v in res.items()}
     scorer = Meteor()
     try:
-        score, _ = scorer.compute_score(gts, res)
+        stats = [scorer._stat(res[k][0], gts[k]) for k in res]
+        scorer.meteor_p.stdin.write(("EVAL ||| " + " ||| ".join(stats) + "\n").encode())
+        scorer.meteor_p.stdin.flush()
+        for _ in stats:  # the per-image scores, which meteor_from_sums reproduces
+            scorer.meteor_p.stdout.readline()
+        score = float(scorer.meteor_p.stdout.readline().strip())
+        rows = np.array([[float(x) for x in line.split()] for line in stats], dtype=float)
     except (ValueError, OSError) as e:
         raise ArtcapError(f"METEOR (java, meteor-1.5.jar) failed: {e}; check the Java installation") from None
     finally:
         scorer.meteor_p.kill()  # do not leave a 2 GB JVM waiting for garbage collection
-    return float(score)
+    if rows.ndim != 2 or rows.shape[1] != METEOR_FIELDS:
+        raise ArtcapError(f"METEOR (meteor-1.5.jar) returned statistics of shape {rows.shape}, expected "
+                          f"[{len(stats)}, {METEOR_FIELDS}]; check the Java installation")
+    return score, rows
 
 
-def _coco_from_tokens(gts: dict, res: dict, with_meteor: bool) -> dict[str, float]:
+# METEOR 1.5's "en" parameters as pycocoevalcap runs it (-l en -norm, default task): alpha, beta, gamma, delta
+# and the weights of its four matching modules (exact, stem, synonym, paraphrase).
+METEOR_ALPHA, METEOR_BETA, METEOR_GAMMA, METEOR_DELTA = 0.85, 0.2, 0.6, 0.75
+METEOR_MODULE_WEIGHTS = np.array([1.0, 0.6, 0.8, 0.6])
+METEOR_FIELDS = 23  # test/ref length, test/ref function words, 4 x 4 stage matches, chunks, test/ref matches
+
+
+def meteor_from_sums(stats: np.ndarray) -> np.ndarray:
+    """METEOR 1.5's score from (summed) statistics rows [..., 23], as its ``MeteorScorer.computeMetrics`` does:
+    weighted precision and recall (content words weigh delta, function words 1 - delta), their alpha-weighted
+    harmonic mean, and the fragmentation penalty gamma * (chunks / mean matches) ** beta."""
+    test_len, ref_len, test_function, ref_function = (stats[..., i] for i in range(4))
+    stages = stats[..., 4:20].reshape(stats.shape[:-1] + (4, 4))  # per module: test/ref content, test/ref function
+    delta = METEOR_DELTA
+    test_matches = (METEOR_MODULE_WEIGHTS * (delta * stages[..., 0] + (1 - delta) * stages[..., 2])).sum(-1)
+    ref_matches = (METEOR_MODULE_WEIGHTS * (delta * stages[..., 1] + (1 - delta) * stages[..., 3])).sum(-1)
+    test_weighted = delta * (test_len - test_function) + (1 - delta) * test_function
+    ref_weighted = delta * (ref_len - ref_function) + (1 - delta) * ref_function
+    chunks, test_total, ref_total = stats[..., 20], stats[..., 21], stats[..., 22]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(test_weighted > 0, test_matches / test_weighted, 0.0)
+        recall = np.where(ref_weighted > 0, ref_matches / ref_weighted, 0.0)
+        f_mean = np.where((precision > 0) & (recall > 0),
+                          precision * recall / (METEOR_ALPHA * precision + (1 - METEOR_ALPHA) * recall), 0.0)
+        exact = (test_total == test_len) & (ref_total == ref_len) & (chunks == 1)
+        fragmentation = np.where(exact, 0.0, np.nan_to_num(chunks / ((test_total + ref_total) / 2)))
+    return f_mean * (1 - METEOR_GAMMA * fragmentation**METEOR_BETA)
+
+
+def _coco_from_tokens(gts: dict, res: dict, with_meteor: bool, statistics: dict | None = None) -> dict[str, float]:
+    """The COCO scores; with a ``statistics`` dict, also each one's per-image rows (``artcap.bootstrap``)."""
+    from . import bootstrap
+
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)  # corpus BLEU, closest ref length
     scores = {f"BLEU-{n}": float(bleu[n - 1]) for n in range(1, 5)}
     if with_meteor:
         meteor = _meteor(gts, res)
         if meteor is not None:
-            scores["METEOR"] = meteor
-    scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
-    scores["CIDEr-D"] = float(_cider_per_image(gts, res).mean())
+            scores["METEOR"] = meteor[0]
+            if statistics is not None:
+                statistics["METEOR"] = bootstrap.Pooled(meteor[1], meteor_from_sums)
+    rouge, rouge_per_image = Rouge().compute_score(gts, res)
+    scores["ROUGE-L"] = float(rouge)
+    cider = _cider_per_image(gts, res)
+    scores["CIDEr-D"] = float(cider.mean())
+    if statistics is not None:
+        counts = _bleu_counts(gts, res)
+        statistics.update({f"BLEU-{n}": bootstrap.Pooled(counts, _corpus_bleu(n)) for n in range(1, 5)})
+        statistics["ROUGE-L"] = bootstrap.mean_of(rouge_per_image)
+        statistics["CIDEr-D"] = bootstrap.mean_of(cider)  # idf fixed from the whole set, as the point estimate's
     return scores
+
+
+_BLEU_TINY, _BLEU_SMALL = 1e-15, 1e-9  # pycocoevalcap BleuScorer's epsilons
+
+
+def _bleu_counts(gts: dict, res: dict) -> np.ndarray:
+    """Per image [correct 1..4, guesses 1..4, caption length, closest reference length]: what corpus BLEU sums."""
+    rows = []
+    for k in res:
+        cooked = cook_test(res[k][0], cook_refs(gts[k], n=4), eff="closest", n=4)
+        rows.append([*cooked["correct"], *cooked["guess"], cooked["testlen"], cooked["reflen"]])
+    return np.asarray(rows, dtype=float)
+
+
+def _corpus_bleu(n: int):
+    """Corpus BLEU-n from summed ``_bleu_counts`` rows, with BleuScorer's arithmetic (epsilons included)."""
+
+    def aggregate(sums: np.ndarray) -> np.ndarray:
+        correct, guess, test_len, ref_len = sums[..., 0:4], sums[..., 4:8], sums[..., 8], sums[..., 9]
+        precision = np.prod((correct[..., :n] + _BLEU_TINY) / (guess[..., :n] + _BLEU_SMALL), axis=-1) ** (1.0 / n)
+        ratio = (test_len + _BLEU_TINY) / (ref_len + _BLEU_SMALL)
+        return np.where(ratio < 1, precision * np.exp(1 - 1 / ratio), precision)
+
+    return aggregate
 
 
 def coco_scores(
@@ -357,13 +440,12 @@ def _cider_scorer(gts: dict, res: dict, ids: list[Hashable]) -> CiderScorer:
 
 def _cider_per_image(gts: dict, res: dict):
     """pycocoevalcap's CIDEr-D per image (same arithmetic as ``Cider().compute_score``)."""
-    import numpy as np
-
     scorer = _cider_scorer(gts, res, list(res))
     return np.asarray(scorer.compute_cider(), dtype=float)
 
 
-def _grounding_from_tokens(gts: dict, res: dict) -> float:
+def _grounding_per_image(gts: dict, res: dict) -> np.ndarray:
+    """Per image (sorted id order): CIDEr-D against its own references minus against the next image's."""
     ids = sorted(res, key=str)
     if len(ids) < 2:
         raise ArtcapError("grounding needs at least 2 images (it compares each caption with another image's references)")
@@ -373,8 +455,12 @@ def _grounding_from_tokens(gts: dict, res: dict) -> float:
     # The rotated references are the same multiset of reference sets, hence the same idf.
     if own.document_frequency != other.document_frequency:
         raise RuntimeError("grounding: rotated references changed the CIDEr-D document frequencies")
-    own_scores, other_scores = own.compute_cider(), other.compute_cider()
-    return float(sum(a - b for a, b in zip(own_scores, other_scores)) / len(ids))
+    return np.asarray(own.compute_cider(), dtype=float) - np.asarray(other.compute_cider(), dtype=float)
+
+
+def _grounding_from_tokens(gts: dict, res: dict) -> float:
+    differences = _grounding_per_image(gts, res)
+    return float(sum(differences.tolist()) / len(differences))
 
 
 def grounding(predictions: Mapping[Hashable, str], references: Mapping[Hashable, list[str]]) -> float:
@@ -399,21 +485,62 @@ def evaluate_captions(
     references: Mapping[Hashable, list[str]],
     training_captions: Iterable[str] | None = None,
     with_meteor: bool = True,
+    statistics: bool = False,
 ) -> dict:
     """Every measure above from one tokenisation (one JVM, plus one for METEOR):
 
     ``{"coco": coco_scores, "paper_bleu": {"mean", "median", "per_image"} (BLEU-4, "exp"
     smoothing), "diversity": diversity(...), "grounding": float, or None for a single image}``.
+    With ``statistics``, also ``"statistics"``: ``{table column: artcap.bootstrap.Statistic}`` for the COCO keys,
+    "paper BLEU-4", "grounding", "distinct", "vocabulary", "mean_length", "copied" and "top caption share", over
+    the images in sorted id order (see ``caption_statistics``).
     """
     res, gts = _tokenized_pairs(predictions, references)
     per_image = _per_image_bleu_from_tokens(gts, res, 4, "exp")
     values = list(per_image.values())
-    return {
-        "coco": _coco_from_tokens(gts, res, with_meteor),
-        "paper_bleu": {"mean": statistics.fmean(values), "median": statistics.median(values), "per_image": per_image},
+    parts: dict | None = {} if statistics else None
+    result = {
+        "coco": _coco_from_tokens(gts, res, with_meteor, parts),
+        "paper_bleu": {"mean": statistics_mean(values), "median": statistics_median(values), "per_image": per_image},
         "diversity": diversity(predictions, training_captions),
         "grounding": _grounding_from_tokens(gts, res) if len(res) >= 2 else None,
     }
+    if parts is not None:
+        from . import bootstrap
+
+        ids = list(res)  # sorted, as _tokenized_pairs orders them
+        parts["paper BLEU-4"] = bootstrap.mean_of(values)
+        if len(ids) >= 2:
+            parts["grounding"] = bootstrap.mean_of(_grounding_per_image(gts, res))
+        parts.update(caption_statistics([predictions[k] for k in ids], training_captions))
+        result["statistics"] = parts
+    return result
+
+
+def caption_statistics(captions: list[str], training_captions: Iterable[str] | None = None) -> dict:
+    """Per-caption rows of the measures that read only the captions (after ``diversity``'s folding), such that the
+    rows' sum gives the measure: "distinct" (each caption weighs 1 / how many captions of the set equal it, so the
+    weights add up to the number of distinct captions), "vocabulary" (each word spreads 1 over the captions that
+    use it), "mean_length", "copied" (only with ``training_captions``) and "top caption share" (is it the set's
+    most frequent caption). Counts are fixed on the whole set, as CIDEr-D's document frequencies are: a bootstrap
+    resample that draws a painting twice neither turns its caption into a duplicate nor into a stock sentence."""
+    from . import bootstrap
+
+    normalised = [_normalise(c) for c in captions]
+    copies = Counter(normalised)
+    word_sets = [set(c.split()) for c in normalised]
+    users = Counter(w for ws in word_sets for w in ws)
+    top = copies.most_common(1)[0][0] if copies else None
+    out = {
+        "distinct": bootstrap.mean_of([1.0 / copies[c] for c in normalised]),
+        "vocabulary": bootstrap.total_of([sum(1.0 / users[w] for w in ws) for ws in word_sets]),
+        "mean_length": bootstrap.mean_of([len(c.split()) for c in normalised]),
+        "top caption share": bootstrap.mean_of([c == top for c in normalised]),
+    }
+    if training_captions is not None:
+        training = {_normalise(c) for c in training_captions}
+        out["copied"] = bootstrap.mean_of([c in training for c in normalised])
+    return out
 
 
 # --------------------------------------------------------------------------- reporting
@@ -436,15 +563,24 @@ def format_markdown_table(
     columns: list[str],
     row_header: str = "",
     count_columns: frozenset[str] | set[str] = COUNT_COLUMNS,
+    intervals: Mapping[str, Mapping[str, object]] | None = None,
 ) -> str:
     """A GitHub-flavoured markdown table: one line per row (row name first), one column per
     entry of ``columns``, numbers right-aligned with 3 decimals, counts (ints, and the columns in
-    ``count_columns``) with 1; a missing value shows as "–"."""
+    ``count_columns``) with 1; a missing value shows as "–". With ``intervals`` ({row: {column: [low, high]}}),
+    a value that has one is followed by it: "0.098 [0.085, 0.112]"."""
     header = "| " + " | ".join([row_header.replace("|", "\\|")] + [c.replace("|", "\\|") for c in columns]) + " |"
     rule = "|---|" + "".join("---:|" for _ in columns)
     lines = [header, rule]
     for name, values in rows.items():
-        cells = [str(name).replace("|", "\\|")] + [_cell(values.get(c), c, count_columns) for c in columns]
+        bounds = (intervals or {}).get(name, {})
+        cells = [str(name).replace("|", "\\|")]
+        for c in columns:
+            cell = _cell(values.get(c), c, count_columns)
+            low, high = bounds.get(c) or (None, None)
+            if cell != "–" and low is not None and high is not None:
+                cell += f" [{_cell(float(low), c, count_columns)}, {_cell(float(high), c, count_columns)}]"
+            cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
