@@ -21,13 +21,23 @@ def draw_example_painting(size: int = 384) -> Image.Image:
     with the reflection, a few pine trees, and brush-stroke texture from a seeded RNG."""
     if size < 32:
         raise ValueError(f"size must be at least 32 pixels, got {size}")
-    rng = np.random.default_rng(_SEED)
-    s = size
-    horizon = int(0.62 * s)  # the lake's shoreline
+    rng = np.random.default_rng(_SEED)  # one generator drawn in a fixed order: ridges, strokes, trees
+    horizon = int(0.62 * size)  # the lake's shoreline
+    canvas = _paint_ridges(_paint_sky(size, horizon), size, horizon, rng)
+    canvas = _paint_lake(canvas, size, horizon)
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    _brush_strokes(draw, np.asarray(image).astype(int), size, horizon, rng)
+    _pine_trees(draw, size, horizon, rng)
+    draw.line((0, horizon, size, horizon), fill=(236, 200, 160), width=1)  # light on the shoreline
+    # A slight softening makes the strokes read as paint rather than pixels.
+    return image.filter(ImageFilter.SMOOTH)
+
+
+def _paint_sky(s: int, horizon: int) -> np.ndarray:
+    """Deep blue at the top warming to peach at the horizon, with a glow around the sun."""
     y = np.linspace(0.0, 1.0, s)[:, None]
     x = np.linspace(0.0, 1.0, s)[None, :]
-
-    # Sky: deep blue at the top warming to peach at the horizon, with a glow around the sun.
     top, low = np.array([38, 56, 112.0]), np.array([250, 178, 120.0])
     t = np.clip(y / (horizon / s), 0, 1) ** 1.6
     canvas = (top * (1 - t[..., None]) + low * t[..., None]) * np.ones((1, s, 1))
@@ -36,8 +46,12 @@ def draw_example_painting(size: int = 384) -> Image.Image:
     glow = np.exp(-((distance / 0.22) ** 2))[..., None]
     canvas = canvas * (1 - 0.55 * glow) + np.array([255, 214, 150.0]) * 0.55 * glow
     canvas[distance < sun_r] = [255, 236, 190]
+    return canvas
 
-    # Two ridges: hazy violet mountains behind, green hills in front.
+
+def _paint_ridges(canvas: np.ndarray, s: int, horizon: int, rng: np.random.Generator) -> np.ndarray:
+    """Two ridges: hazy violet mountains behind, green hills in front."""
+
     def ridge(base: float, amplitude: float, roughness: float) -> np.ndarray:
         xs = np.linspace(0, 1, s)
         phases = rng.uniform(0, 2 * np.pi, 4)
@@ -56,8 +70,11 @@ def draw_example_painting(size: int = 384) -> Image.Image:
         depth = np.clip((rows - crest[None, :]) / (0.08 * s), 0, 1)[..., None]
         painted = np.array(shade, float) * (1 - depth) + np.array(colour, float) * depth
         canvas = np.where(land[..., None], painted, canvas)
+    return canvas
 
-    # Lake: the scene above mirrored, darkened and tinted, rippled row by row.
+
+def _paint_lake(canvas: np.ndarray, s: int, horizon: int) -> np.ndarray:
+    """The scene above mirrored, darkened and tinted, rippled row by row."""
     depth_below = s - horizon
     for row in range(horizon, s):
         k = row - horizon
@@ -66,12 +83,12 @@ def draw_example_painting(size: int = 384) -> Image.Image:
         mirrored = np.roll(canvas[source_row], shift, axis=0)
         fade = 0.62 - 0.22 * k / depth_below
         canvas[row] = mirrored * fade + np.array([30, 54, 92.0]) * (1 - fade)
+    return canvas
 
-    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
 
-    # Brush strokes: short dabs in the local colour, horizontal in sky and water.
-    pixels = np.asarray(image).astype(int)
+def _brush_strokes(draw: ImageDraw.ImageDraw, pixels: np.ndarray, s: int, horizon: int,
+                   rng: np.random.Generator) -> None:
+    """Short dabs in the local colour, horizontal in sky and water."""
     for _ in range(s * 9):
         px, py = int(rng.integers(0, s)), int(rng.integers(0, s))
         jitter = rng.integers(-14, 15, 3)
@@ -81,7 +98,9 @@ def draw_example_painting(size: int = 384) -> Image.Image:
         dx, dy = length * np.cos(angle), length * np.sin(angle)
         draw.line((px - dx, py - dy, px + dx, py + dy), fill=colour, width=max(1, s // 128))
 
-    # Pine trees on the near shore, each a stack of dark triangles with its reflection.
+
+def _pine_trees(draw: ImageDraw.ImageDraw, s: int, horizon: int, rng: np.random.Generator) -> None:
+    """Pine trees on the near shore, each a stack of dark triangles with its reflection."""
     for tree_x in sorted(rng.uniform(0.06, 0.42, 5)):
         height = rng.uniform(0.10, 0.17) * s
         cx, base_y = tree_x * s, horizon + 1
@@ -95,10 +114,6 @@ def draw_example_painting(size: int = 384) -> Image.Image:
             draw.polygon([(cx, top_y), (cx - half, bottom_y), (cx + half, bottom_y)], fill=green)
             mirror = [(cx, 2 * base_y - top_y), (cx - half, 2 * base_y - bottom_y), (cx + half, 2 * base_y - bottom_y)]
             draw.polygon(mirror, fill=reflected)
-    draw.line((0, horizon, s, horizon), fill=(236, 200, 160), width=1)  # light on the shoreline
-
-    # A slight softening makes the strokes read as paint rather than pixels.
-    return image.filter(ImageFilter.SMOOTH)
 
 
 def main(argv: list[str] | None = None) -> int:
