@@ -92,6 +92,8 @@ def as_grid(features: torch.Tensor, channels: int, prefix_tokens: int = 0, name:
 
 
 _REGISTRY: dict[str, Callable[..., Encoder]] = {}
+# Families named by a prefix and the family's own model name: timm's models, OpenCLIP's image towers.
+ENCODER_PREFIXES = ("timm:", "open_clip:")
 
 
 def register_encoder(name: str):

@@ -64,16 +64,16 @@ def _short_text(value: str) -> bool:
 
 
 def _encoder_name(value: str) -> bool:
-    from .encoders import list_encoders
+    from .encoders import ENCODER_PREFIXES, list_encoders
 
-    return value in list_encoders() or (value.startswith("timm:") and _short_text(value))
+    return value in list_encoders() or (value.startswith(ENCODER_PREFIXES) and _short_text(value))
 
 
 @dataclass(frozen=True)
 class EncoderSection:
     name: str = setting("efficientnet-lite0", "the image network (encoders.list_encoders())", check=_encoder_name,
                         allowed="an encoder artcap knows (efficientnet-lite0, efficientnet-lite2, xception, "
-                                "timm:NAME)")
+                                "timm:NAME, open_clip:MODEL[:TAG])")
     weights: str = setting("imagenet", "the encoder's weights; file: encoder.safetensors in the folder",
                            choices=("imagenet", "random", "file"))
     image_size: int = setting(0, "input pixels a side; 0: the encoder's native size", off=0, low=16,
