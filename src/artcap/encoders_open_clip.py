@@ -160,14 +160,20 @@ def visual_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _load_tower(tower: OpenClipTower, path: str, name: str, open_clip) -> None:
     state = visual_state(load_state_dict_file(path))
-    open_clip.model.resize_pos_embed(state, tower)  # a checkpoint made for another image size
     try:
+        open_clip.model.resize_pos_embed(state, tower)  # a checkpoint made for another image size
         result = tower.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # tensors of the wrong shapes: weights of another model
-        raise ArtcapError(f"{path}: not weights of encoder {name} ({first_line(e)[:160]})") from None
+    except (RuntimeError, ValueError) as e:  # tensors of the wrong shapes: weights of another model
+        raise ArtcapError(f"{path}: not weights of encoder {name} ({_mismatch(e)[:200]})") from None
     if result.missing_keys:
         raise ArtcapError(f"{path}: not weights of encoder {name} ({len(result.missing_keys)} missing tensors, "
                           f"e.g. {result.missing_keys[0]})")
+
+
+def _mismatch(error: Exception) -> str:
+    """The informative line of a failed load: torch's first line only says that loading failed."""
+    lines = [line.strip() for line in str(error).splitlines() if "size mismatch" in line]
+    return lines[0] if lines else first_line(error)
 
 
 def _side(size) -> int:
