@@ -142,7 +142,8 @@ def _download(open_clip, name: str, tag_config: dict[str, Any]) -> str:
     except Exception as e:  # noqa: BLE001 - offline, hub down, gated: one line, never random weights
         raise ArtcapError(
             f"could not download the weights of {name} from {source} ({type(e).__name__}); you may be offline — "
-            f"copy its checkpoint (e.g. open_clip_model.safetensors) here and pass --encoder-weights FILE, same encoder name"
+            f"copy its checkpoint (e.g. open_clip_model.safetensors) here and pass --encoder-weights FILE, "
+            f"same encoder name"
         ) from None
     if not path:
         raise ArtcapError(f"open_clip gives no download for {name}; pass --encoder-weights FILE")
