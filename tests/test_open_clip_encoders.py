@@ -126,11 +126,17 @@ def test_the_tags_normalisation_and_resize_filter_are_used():
     assert encoder.mean.flatten().tolist() == [0.0, 0.0, 0.0] and encoder.std.flatten().tolist() == [1.0, 1.0, 1.0]
     assert encoder.resample == 2  # PIL's BILINEAR
     assert encoder.feature_dim == 512  # FastViT's last stage, before MobileCLIP's final conv and projection
+    # OpenAI's weights were trained with QuickGELU, which ViT-B-32's own config does not say: the tag does.
+    from open_clip.transformer import QuickGELU
+
+    openai = create_encoder("open_clip:ViT-B-32:openai", weights="random", image_size=64)
+    assert any(isinstance(m, QuickGELU) for m in openai.modules())
     assert "open_clip:<model>[:<pretrained tag>]" in list_encoders()
 
 
 @pytest.mark.parametrize("name, weights, message", [
     ("open_clip:no-such-model", "random", "open_clip has no model 'no-such-model'"),
+    ("open_clip:hf-hub:org/repo", "random", "OpenCLIP's own model names.*--encoder-weights FILE"),
     ("open_clip:ViT-B-32:no_such_tag", None, "no pretrained weights 'no_such_tag' for ViT-B-32 .*laion2b_s34b_b79k"),
     ("open_clip:ViT-B-32", None, r"names no pretrained weights: use open_clip:ViT-B-32:<tag> .*--encoder-weights FILE"),
     ("open_clip:ViT-B-32:", None, "spell it open_clip:<model>"),
@@ -203,7 +209,7 @@ def test_features_and_training_on_real_paintings_with_a_local_checkpoint(tiny_mo
     np.testing.assert_allclose(cached, direct, atol=1e-2)  # the cache stores grids as float16
 
     run = train(tiny_config(artemis_subset, cache, tmp_path / "run", encoder=name, encoder_weights=str(vit_checkpoint),
-                            epochs=1), progress=False)  # the merge decoder: pooled features, a quick run
+                            epochs=1, steps_per_epoch=5), progress=False)  # the merge decoder: pooled features
     shipped = load_file(next(run.rglob("encoder.safetensors")))
     assert shipped and all(k.startswith("visual.") for k in shipped)  # the text tower stays behind
     vit_checkpoint_copy = tmp_path / "moved.safetensors"

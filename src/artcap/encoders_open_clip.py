@@ -83,6 +83,9 @@ def open_clip_encoder(name: str, weights: str, image_size: int | None) -> Encode
     open_clip = _import_open_clip(name)
     model, tag = parse_name(name)
     config = open_clip.get_model_config(model)
+    if model in ("hf-hub", "local-dir"):
+        raise ArtcapError(f"encoder {name}: artcap takes OpenCLIP's own model names (open_clip.list_models()); "
+                          f"for a hub repo, pass its checkpoint with --encoder-weights FILE")
     if config is None:
         raise ArtcapError(f"open_clip has no model {model!r} (encoder {name}); see open_clip.list_models()")
     tag_config = _tag_config(open_clip, name, model, tag)
