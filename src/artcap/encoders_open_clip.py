@@ -107,7 +107,7 @@ def open_clip_encoder(name: str, weights: str, image_size: int | None) -> Encode
     elif weights != "random":
         _load_tower(tower, weights, name, open_clip)
     if image_size and "timm_model_name" in vision_cfg:
-        tower.visual.set_input_size(image_size)  # timm trunks that need it resample their embeddings
+        _resize_timm_trunk(tower, name, image_size)
     return _as_encoder(name, tower, image_size or native_size, tag_config, weights_id)
 
 
@@ -122,6 +122,16 @@ def _build_tower(name: str, embed_dim: int, vision_cfg: dict[str, Any], quick_ge
     except Exception as e:  # noqa: BLE001 - e.g. a timm trunk this timm does not have: one line
         raise ArtcapError(f"cannot build encoder {name} ({type(e).__name__}: {first_line(e)[:150]}); "
                           f"upgrade open_clip_torch and timm, or choose another model") from None
+
+
+def _resize_timm_trunk(tower: OpenClipTower, name: str, image_size: int) -> None:
+    """A timm trunk (e.g. a SigLIP ViT) that needs it resamples its position embeddings; conv trunks skip it."""
+    try:
+        with _quiet_library():
+            tower.visual.set_input_size(image_size)
+    except Exception as e:  # noqa: BLE001 - a size the trunk cannot take: one line
+        raise ArtcapError(f"{name}: cannot encode {image_size} px images ({type(e).__name__}: {first_line(e)[:150]}); "
+                          f"set image_size to its native size or choose another encoder") from None
 
 
 def _tag_config(open_clip, name: str, model: str, tag: str | None) -> dict[str, Any]:
