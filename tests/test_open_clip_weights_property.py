@@ -5,7 +5,9 @@ cases of one class, a checkpoint as a user has it:
   DDP's `module.` prefix, a training checkpoint's {"state_dict": ...}, .safetensors or a torch .pt),
   it gives exactly the features of the same weights;
 - damaged (a tensor missing, a tensor of another shape, a truncated file), it is one ArtcapError line,
-  never a traceback and never an encoder with some random weights.
+  never a traceback and never an encoder with some random weights;
+- and any spelling of the encoder's name either builds it or is one line (never reaching a download
+  here: a published tag is only drawn with a local file or random weights).
 """
 
 from __future__ import annotations
@@ -34,11 +36,18 @@ DAMAGES = ("none", "missing tensor", "other shape", "truncated")
 
 
 @pytest.fixture(scope="module")
-def reference():
-    """(full CLIP state dict, the features its image tower gives)."""
+def registered() -> Path:
+    """The tiny config registered with open_clip; its folder."""
     folder = Path(tempfile.mkdtemp(prefix="artcap-prop-configs-"))
     (folder / "artcap-prop-vit.json").write_text(json.dumps(CONFIG))
     open_clip.add_model_config(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(registered):
+    """(full CLIP state dict, the features its image tower gives)."""
+    folder = registered
     torch.manual_seed(0)
     state = {k: v.contiguous() for k, v in open_clip.create_model("artcap-prop-vit").state_dict().items()}
     path = folder / "reference.safetensors"
@@ -109,3 +118,29 @@ def test_position_embeddings_of_another_length_or_width_are_one_line(reference, 
     save_file(state, path)
     with pytest.raises(ArtcapError, match=r"weights.safetensors: not weights of encoder open_clip:artcap-prop-vit"):
         create_encoder(NAME, weights=path)
+
+
+MODEL_TEXT = st.text(alphabet=st.sampled_from("aB-_./0 é"), max_size=12)
+TAG_TEXT = st.text(alphabet=st.sampled_from("aB-_./:0 é"), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(model=st.one_of(st.sampled_from(["artcap-prop-vit", "ViT-B-32", "RN50", "hf-hub", "local-dir", ""]), MODEL_TEXT),
+       tag=st.one_of(st.none(), st.sampled_from(["", "openai", "laion2b_s34b_b79k"]), TAG_TEXT),
+       weights=st.sampled_from(["imagenet", "random"]))
+def test_any_spelling_of_the_name_builds_or_is_one_line(registered, model, tag, weights):
+    published = tag in open_clip.list_pretrained_tags_by_model(model)
+    if published and weights == "imagenet":
+        return  # a download: the offline test covers it, this one never reaches the network
+    buildable = open_clip.get_model_config(model) is not None and (tag is None or published) and weights == "random"
+    if buildable and model != "artcap-prop-vit":
+        return  # a full-size tower: seconds each, covered by the tag tests
+    name = f"open_clip:{model}" + ("" if tag is None else f":{tag}")
+    try:
+        encoder = create_encoder(name, weights=weights)
+    except ArtcapError as e:
+        assert not buildable, f"{name}: {e}"
+        assert "\n" not in str(e) and name in str(e), str(e)  # one line that names the encoder
+        return
+    assert buildable, name
+    assert encoder.name == name and encoder.key.startswith(f"{name}-random-")
