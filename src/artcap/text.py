@@ -89,4 +89,7 @@ class Vocabulary:
             raise ArtcapError(f"{path}: cannot read the vocabulary ({e}); the model folder is incomplete") from None
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ArtcapError(f"{path}: the vocabulary must be a JSON list of words")
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ArtcapError(f"{path}: the vocabulary must start with {', '.join(SPECIALS)}; got {words[:4]}"
+                              " (the model folder is damaged: copy vocab.json again)")
         return cls(words)
