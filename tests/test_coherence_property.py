@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artcap.coherence import (DEFECTS, DETECTORS, coherence_flags, dangling_end, mixes_genders, repeats_a_clause,
-                              unfinished_clause)
+from artcap.coherence import (DEFECTS, DETECTORS, SentenceGuard, choose_unbroken, coherence_flags, dangling_end,
+                              is_broken, mixes_genders, repeats_a_clause, unfinished_clause)
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -119,3 +119,76 @@ def test_a_clause_said_twice_is_flagged_only_verbatim():
     assert repeats_a_clause("the sky is dark, the sea is calm, the sky is dark")
     assert not repeats_a_clause("the colors are very calming and the colors are calm")
     assert not repeats_a_clause("red and red")  # one-word clauses are not clauses said twice
+
+
+# ---- writing under the guard (coherence.SentenceGuard) and choosing among finished captions (choose_unbroken) ----
+
+# Words that make every defect possible: people of both genders, the pronouns (one with a clitic), openers,
+# wh-words, clause breaks, and plain words that finish a clause.
+GUARD_WORDS = ["<pad>", "<bos>", "<eos>", "<unk>", "the", "man", "woman", "queen", "king's", "people", "he", "she",
+               "she's", "himself", "herself", "her", "his", "looks", "like", "is", "trying", "to", "be", "of", "a",
+               "and", "but", "what", "sky", "dark", "calm", "it", "could", "very", "i", "sad"]
+
+
+@st.composite
+def guarded_prefix(draw) -> tuple[list[int], SentenceGuard]:
+    """Word ids a decoder may say one after another under the guard (each drawn among the allowed ones)."""
+    guard = _guard()
+    prefix: list[int] = []
+    for _ in range(draw(st.integers(0, 14))):
+        _, banned = guard.banned(prefix)
+        allowed = [i for i in range(4, len(GUARD_WORDS)) if i not in banned]
+        prefix.append(draw(st.sampled_from(allowed)))
+    return prefix, guard
+
+
+def _guard() -> SentenceGuard:
+    return SentenceGuard(GUARD_WORDS)
+
+
+def _text(prefix: list[int]) -> str:
+    return " ".join(GUARD_WORDS[i] for i in prefix)
+
+
+@SETTINGS
+@given(guarded_prefix())
+def test_the_guard_lets_a_caption_end_exactly_when_it_is_unbroken(generated):
+    """Never ends a broken caption, never stops an unbroken one: what the guard allows is what the detectors pass."""
+    prefix, guard = generated
+    no_end, _ = guard.banned(prefix)
+    assert not mixes_genders(_text(prefix))  # the pronouns it masks are the only way to mix genders
+    assert no_end == (bool(prefix) and is_broken(_text(prefix))), _text(prefix)
+
+
+@SETTINGS
+@given(guarded_prefix())
+def test_the_guard_masks_exactly_the_words_that_break_the_caption(generated):
+    prefix, guard = generated
+    text = _text(prefix)
+    _, banned = guard.banned(prefix)
+    for i, word in enumerate(GUARD_WORDS[4:], start=4):
+        if word in ("and", "but"):  # closing the clause: it must not be unfinished or a repeat
+            breaks = bool(prefix) and (unfinished_clause(text) or repeats_a_clause(text))
+        else:
+            breaks = mixes_genders(f"{text} {word}")
+        assert (i in banned) == breaks, (text, word)
+
+
+@st.composite
+def candidate_sets(draw) -> tuple[list[str], list[float], list[bool]]:
+    """A beam's finished captions, some with defects put in, and how much a ranking prefers each."""
+    generated = draw(st.lists(captions(), min_size=1, max_size=8))
+    preference = draw(st.lists(st.floats(-1, 1) | st.sampled_from([0.0, 0.5]), min_size=len(generated),
+                               max_size=len(generated)))
+    return [c for c, _ in generated], preference, [bool(wanted) for _, wanted in generated]
+
+
+@SETTINGS
+@given(candidate_sets())
+def test_the_choice_never_prefers_a_broken_caption_to_an_unbroken_one(generated):
+    texts, preference, broken = generated
+    chosen = choose_unbroken(texts, preference)
+    pool = [i for i, b in enumerate(broken) if not b] or list(range(len(texts)))
+    best = max(preference[i] for i in pool)
+    assert chosen in pool and preference[chosen] == best  # the ranking decides among the unbroken ones
+    assert chosen == min(i for i in pool if preference[i] == best)  # ties: the beam's order

@@ -326,6 +326,10 @@ def test_decoding_config_validates_and_round_trips_max_word_repeats():
     for bad in (1, "true", None):
         with pytest.raises(ArtcapError, match="decoding rerank must be true or false"):
             DecodingConfig(rerank=bad)
+    assert not DecodingConfig.from_dict({"beam": 5}).coherent  # older configs decode as they always did
+    for bad in (1, "yes"):
+        with pytest.raises(ArtcapError, match="decoding coherent must be true or false"):
+            DecodingConfig(coherent=bad)
 
 
 def test_decoder_config_from_saved_dicts():

@@ -39,6 +39,7 @@ CASES = {
     "max_word_repeats": {"max_word_repeats": 1},
     "emotion_guidance": {"emotion_guidance": 3.0},
     "rerank": {"rerank": False},
+    "coherent": {"coherent": True, "max_len": 6},  # cut at 6 words, only coherent decoding avoids "... feel like"
     "emotion": {"emotion": "awe"},  # not a decoding setting: a per-request condition, the same everywhere
 }
 SURFACES = ["python", "stdout", "out-jsonl", "out-csv", "ray", "api", "page"]

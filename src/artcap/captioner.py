@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .data import EMOTIONS
-from .decode import Caption, DecodingConfig, generate, search_n_best, to_caption
+from .decode import Caption, DecodingConfig, best_of, generate, search_n_best, to_caption
 from .encoders import Encoder
 from .errors import ArtcapError
 from .features import pooled_vectors
@@ -226,7 +226,8 @@ class Captioner:
         return [EMOTIONS[int(dominant[i])] if n == "auto" else n for i, n in enumerate(names)]
 
     def _generate(self, features: torch.Tensor, decoding: DecodingConfig, emotions: torch.Tensor | None) -> list[Caption]:
-        """The beam's best captions, or with `rerank` the ones the image-caption matcher prefers among them."""
+        """The beam's best captions, or with `rerank` the ones the image-caption matcher prefers among them (with
+        `coherent`, never a broken one over an unbroken one)."""
         if not decoding.rerank:
             return generate(self.decoder, features, self.vocab, decoding, emotions=emotions, with_attention=True)
         if self.matcher is None:
@@ -234,8 +235,8 @@ class Captioner:
                               f"matcher = true); drop --rerank / set rerank = false")
         self.decoder.eval()
         n_best = search_n_best(self.decoder, features, self.vocab, decoding, emotions)
-        chosen = self.matcher.choose(pooled_vectors(features).cpu(), [[h.ids for h in hs] for hs in n_best])
-        return [to_caption(hs[k], self.vocab) for hs, k in zip(n_best, chosen)]
+        matches = self.matcher.scores(pooled_vectors(features).cpu(), [[h.ids for h in hs] for hs in n_best])
+        return [to_caption(best_of(hs, self.vocab, decoding, match), self.vocab) for hs, match in zip(n_best, matches)]
 
 
 @dataclass

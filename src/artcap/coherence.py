@@ -27,7 +27,7 @@ kept); a clitic ``'s`` is split off ("she's" -> "she", "'s"). Clauses are the pi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .text import tokenize
@@ -62,6 +62,7 @@ STRANDABLE = frozenset(BE_FORMS | {"of", "'s", "to", "like"})  # may end a claus
 # Words that open a complement: a clause dangling on one is unfinished ("trying to be", "looking at the").
 OPENERS = frozenset({"to", "like", "of", "'s"} | BE_FORMS | ARTICLES | POSSESSIVE_DETERMINERS)
 CLAUSE_BREAKS = frozenset({"and", "but"})
+CLAUSE_MARKS = frozenset({",", ";"})
 MIN_REPEATED_CLAUSE = 2
 DEFECTS = ("mixed genders", "dangling end", "repeated clause", "unfinished clause")
 
@@ -80,18 +81,25 @@ def words(caption: str) -> list[str]:
 def _split(caption: str) -> tuple[list[str], list[tuple[int, int]]]:
     """The caption's words ("and"/"but" included) and its clauses as [start, end) spans of them, split at commas,
     semicolons, "and" and "but"; empty clauses dropped."""
+    marked: list[str] = []
+    for chunk in caption.replace(",", " , ").replace(";", " ; ").split():
+        marked += [chunk] if chunk in CLAUSE_MARKS else words(chunk)
+    return split_words(marked)
+
+
+def split_words(marked: Sequence[str]) -> tuple[list[str], list[tuple[int, int]]]:
+    """`_split` on words already read, "," and ";" among them as clause marks."""
     tokens: list[str] = []
     spans, start = [], 0
-    for chunk in caption.replace(",", " , ").replace(";", " ; ").split():
-        if chunk in (",", ";"):
+    for word in marked:
+        if word in CLAUSE_MARKS:
             spans.append((start, len(tokens)))
             start = len(tokens)
             continue
-        for word in words(chunk):
-            if word in CLAUSE_BREAKS:
-                spans.append((start, len(tokens)))
-                start = len(tokens) + 1
-            tokens.append(word)
+        if word in CLAUSE_BREAKS:
+            spans.append((start, len(tokens)))
+            start = len(tokens) + 1
+        tokens.append(word)
     spans.append((start, len(tokens)))
     return tokens, [(a, b) for a, b in spans if b > a]
 
@@ -113,20 +121,36 @@ def _gender(word: str) -> str | None:
 def mixes_genders(caption: str) -> bool:
     """A he/she/himself/herself whose only possible referent, the nearest person noun before it, has the other
     gender, with no earlier word of the pronoun's own gender."""
-    seen: set[str] = set()  # genders mentioned so far (nouns and pronouns)
-    nearest_person: str | None = None  # gender of the nearest preceding person noun; "" for an ungendered one
-    for word in words(caption):
+    return scan_genders(words(caption)).mixed
+
+
+@dataclass(frozen=True)
+class GenderScan:
+    """What `mixes_genders` knows after some words: whether they mixed genders, the genders mentioned (nouns and
+    pronouns) and the gender of the nearest person noun ("" for an ungendered one, None before any)."""
+
+    mixed: bool = False
+    seen: frozenset[str] = frozenset()
+    nearest_person: str | None = None
+
+
+def scan_genders(tokens: Sequence[str], scan: GenderScan = GenderScan()) -> GenderScan:
+    """`scan` carried on over `tokens` (words as `words` reads them); stops at the first mixed pronoun."""
+    seen, nearest_person = set(scan.seen), scan.nearest_person
+    for word in tokens:
+        if scan.mixed:
+            break
         gender = _gender(word)
         if word in CHECKED_PRONOUNS:
             if nearest_person and nearest_person != gender and gender not in seen:
-                return True
+                return GenderScan(True, frozenset(seen), nearest_person)
         elif word in MALE_PERSONS or word in FEMALE_PERSONS:
             nearest_person = gender
         elif word in NEUTRAL_PERSONS:
             nearest_person = ""
         if gender:
             seen.add(gender)
-    return False
+    return GenderScan(scan.mixed, frozenset(seen), nearest_person)
 
 
 def dangles(tokens: list[str], end: int) -> bool:
@@ -150,7 +174,11 @@ def dangles(tokens: list[str], end: int) -> bool:
 
 def dangling_end(caption: str) -> bool:
     """The caption's last word cannot end an English sentence ("... trying to be", "... looks like a")."""
-    tokens = words(caption)
+    return ends_dangling(words(caption))
+
+
+def ends_dangling(tokens: Sequence[str]) -> bool:
+    """`dangling_end` on words already read."""
     return bool(tokens) and (tokens[-1] in CLAUSE_BREAKS or dangles(tokens, len(tokens)))
 
 
@@ -189,3 +217,53 @@ class CoherenceFlags:
 def coherence_flags(captions: Iterable[str]) -> CoherenceFlags:
     captions = list(captions)
     return CoherenceFlags({name: [detect(c) for c in captions] for name, detect in DETECTORS.items()})
+
+
+def is_broken(caption: str) -> bool:
+    """The caption has at least one of the four defects."""
+    return any(detect(caption) for detect in DETECTORS.values())
+
+
+def choose_unbroken(captions: Sequence[str], preference: Sequence[float]) -> int:
+    """The index of the most preferred caption that has no defect (ties: the earlier one); when every caption has
+    one, the most preferred of all. A rerank through this never prefers a broken caption to an unbroken one."""
+    everyone = range(len(captions))
+    pool = [i for i in everyone if not is_broken(captions[i])] or everyone
+    return max(pool, key=lambda i: (preference[i], -i))
+
+
+# ---- while a caption is being written: which next words would break it ----------------------------------------
+
+def closing_breaks(tokens: list[str], spans: list[tuple[int, int]]) -> bool:
+    """Would closing the current (last) clause of these words (`split_words`), with "and", "but" or the caption's
+    end, make it unfinished or a verbatim repeat of an earlier clause? Earlier clauses were checked when closed."""
+    if not spans or spans[-1][1] != len(tokens):
+        return False  # nothing said yet, or the words end on a clause break: no clause is open
+    start, end = spans[-1]
+    if tokens[end - 1] in OPENERS and dangles(tokens, end):
+        return True
+    clause = tokens[start:end]
+    return len(clause) >= MIN_REPEATED_CLAUSE and any(tokens[a:b] == clause for a, b in spans[:-1])
+
+
+class SentenceGuard:
+    """For a fixed vocabulary: the next words that would break a caption being written, so that a decoder can
+    mask them. Only three kinds of word can add a defect: the end of the caption (a dangling end, or a last clause
+    unfinished or repeated), "and"/"but" (closing an unfinished or repeated clause) and a word holding he, she,
+    himself or herself (mixed genders). Each is judged by the detectors' own rules, so a caption written under the
+    guard has none of the four defects unless it was cut off at its length limit."""
+
+    def __init__(self, vocabulary: Sequence[str]):
+        self.split = [words(w) for w in vocabulary]  # a vocabulary word as the detectors read it ("she's": 2)
+        self.closers = [i for i, ws in enumerate(self.split) if ws and ws[0] in CLAUSE_BREAKS]
+        self.pronouns = [i for i, ws in enumerate(self.split) if CHECKED_PRONOUNS & set(ws)]
+
+    def banned(self, prefix: Sequence[int]) -> tuple[bool, list[int]]:
+        """Word ids said so far -> (may the caption not end here, the ids it may not say next)."""
+        tokens, spans = split_words([w for i in prefix for w in self.split[i]])
+        closing = closing_breaks(tokens, spans)
+        ids = list(self.closers) if closing else []
+        genders = scan_genders(tokens)
+        if genders.nearest_person and not genders.mixed:  # only then can a pronoun mix genders
+            ids += [i for i in self.pronouns if scan_genders(self.split[i], genders).mixed]
+        return bool(tokens) and (closing or ends_dangling(tokens)), ids

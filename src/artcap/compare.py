@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from . import bootstrap
+from . import bootstrap, settings
 from .captioner import Captioner
 from .coherence import DEFECTS
 from .data import EMOTIONS
+from .decode import DecodingConfig
 from .errors import ArtcapError
 from .evaluate import (SPLITS, TABLE_COLUMNS, EvaluationSet, add_resamples_argument, caption_all,
                        load_evaluation_set, score_system)
@@ -63,9 +64,10 @@ def _check_same_paintings(a: EvaluationSet, b: EvaluationSet, name_a: str, name_
                           f"presets differ), so their scores are not comparable; compare models of one preset")
 
 
-def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: bool, progress: bool) -> dict:
+def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: bool, progress: bool,
+           decoding_overrides: dict[str, Any]) -> dict:
     """Every statistic of one model on its evaluation set (statistics over the paintings in sorted id order)."""
-    decoding = captioner.resolve_decoding()
+    decoding = captioner.resolve_decoding(**decoding_overrides)
     captions = caption_all(captioner, evalset.features, progress=progress, decoding=decoding,
                            desc=f"captioning ({captioner.model_id})")
     training = [c for cs in evalset.train_captions for c in cs] or None
@@ -83,14 +85,18 @@ def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: boo
 def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | Path, images: str | Path,
             split: str = "test", *, with_meteor: bool = True, resamples: int = bootstrap.DEFAULT_RESAMPLES,
             feature_cache: str = "", skip_missing: bool = False, progress: bool = True,
-            backend: str = "auto") -> dict[str, Any]:
+            backend: str = "auto", decoding_a: dict[str, Any] | None = None,
+            decoding_b: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score both models on the same paintings; returns {"a", "b", ..., "measures": {measure: {"a", "b",
-    "difference", "interval", "p_value", "verdict"}} in MEASURE_ORDER, "captions": {"ids", "a", "b"}}."""
+    "difference", "interval", "p_value", "verdict"}} in MEASURE_ORDER, "captions": {"ids", "a", "b"}}.
+    `decoding_a`/`decoding_b`: DecodingConfig settings changed for that side (one model, two decodings)."""
+    overrides = [decoding_a or {}, decoding_b or {}]
     if with_meteor and not java_available():
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
     captioners = [Captioner.load(m, backend=backend) for m in (model_a, model_b)]
-    names = [c.model_id for c in captioners]
+    names = [c.model_id + "".join(f", {k}={v}" for k, v in changed.items())
+             for c, changed in zip(captioners, overrides)]
     if names[0] == names[1]:
         names = [f"A ({names[0]})", f"B ({names[1]})"]
     sets = [load_evaluation_set(c, data, images, split, feature_cache, skip_missing, progress, backend)
@@ -100,7 +106,7 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
     if all(a.emotion is not None for a in sets[0].annotations):
         judge = text_judge(captioners[0], sets[0].annotations, sets[0].splits,
                            Path(feature_cache) if feature_cache else None)
-    scored = [_score(c, s, judge, with_meteor, progress) for c, s in zip(captioners, sets)]
+    scored = [_score(c, s, judge, with_meteor, progress, o) for c, s, o in zip(captioners, sets, overrides)]
     weights = bootstrap.resample_weights(len(sets[0].ids), resamples)
     measures = {}
     for measure in [m for m in MEASURE_ORDER if m in scored[0]["statistics"] and m in scored[1]["statistics"]]:
@@ -174,6 +180,10 @@ def add_compare_parser(sub) -> None:
                    help="the models' test or val paintings, or every painting of the data (default: test)")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="what to print")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start per model)")
+    for side in ("a", "b"):
+        p.add_argument(f"--decoding-{side}", dest=f"decoding_{side}", action="append", default=[],
+                       metavar="SETTING=VALUE", help=f"change one decoding setting of model {side.upper()} "
+                       f"(repeatable), e.g. --decoding-{side} coherent=false: one model, two decodings")
     add_resamples_argument(p)
     p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
     p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
@@ -182,10 +192,23 @@ def add_compare_parser(sub) -> None:
     p.set_defaults(func=run_compare)
 
 
+def decoding_settings(items: list[str], flag: str) -> dict[str, Any]:
+    """["coherent=false", "beam=3"] -> {"coherent": False, "beam": 3}, each read and checked as its flag would be."""
+    values = {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals:
+            raise ArtcapError(f"{flag} {item!r}: expected SETTING=VALUE, e.g. {flag} coherent=false")
+        values[name.strip()] = settings.parse_checked(DecodingConfig, name.strip(), text, flag)
+    return values
+
+
 def run_compare(args) -> int:
+    sides = {side: decoding_settings(getattr(args, f"decoding_{side}"), f"--decoding-{side}") for side in "ab"}
     result = compare(args.model_a, args.model_b, args.data, args.images, args.split, with_meteor=not args.no_meteor,
                      resamples=args.resamples, feature_cache=args.cache, skip_missing=args.skip_missing,
-                     progress=not getattr(args, "quiet", False), backend=args.backend)
+                     progress=not getattr(args, "quiet", False), backend=args.backend,
+                     decoding_a=sides["a"], decoding_b=sides["b"])
     if args.format == "json":
         sys.stdout.write(json.dumps({k: v for k, v in result.items() if k != "captions"}, indent=2) + "\n")
     else:

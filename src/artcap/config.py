@@ -73,6 +73,7 @@ class TrainConfig:
     max_word_repeats: int = 0  # 0 = off; 2 = no content word more than twice in a caption
     emotion_guidance: float = 0.0  # grounded models: favour words specific to the emotion (decode.EmotionContrast)
     rerank: bool = False  # rerank the beam with the matcher (needs matcher = true)
+    coherent: bool = False  # no dangling end, no mixed genders, no broken caption kept over an unbroken one
     max_len: int = 0  # 0 = the longest kept caption
 
     def __post_init__(self) -> None:
@@ -90,7 +91,8 @@ class TrainConfig:
 
         return DecodingConfig(beam=self.beam, max_len=self.max_len or max_len, length_alpha=self.length_alpha,
                               no_repeat_ngram=self.no_repeat_ngram, max_word_repeats=self.max_word_repeats,
-                              emotion_guidance=self.emotion_guidance, rerank=self.rerank)
+                              emotion_guidance=self.emotion_guidance, rerank=self.rerank,
+                              coherent=self.coherent)
 
     def to_toml(self) -> str:
         lines = []

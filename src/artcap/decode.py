@@ -5,6 +5,10 @@ word), stop at <eos> or after `max_len` words (then <eos> is forced), so a capti
 endless; neither emits <pad>, <bos> or <unk>. Beam search ranks finished captions by
 log-probability / length**alpha; with beam=1 it equals greedy.
 
+`coherent` adds the rules of `coherence.SentenceGuard`: no end after a dangling word, no "and"/"but" after an
+unfinished or repeated clause, no he/she of the other gender than the person just named; and of the finished
+captions the best unbroken one is kept.
+
 Two bans keep captions from looping, both applied to all hypotheses at once as masks over the
 next-word log-probabilities: `no_repeat_ngram` (no n-gram twice) and `max_word_repeats` (no content
 word, i.e. a word outside the short `STOP_WORDS` list, more than that many times). <eos> is never
@@ -13,6 +17,7 @@ banned, so a caption can always end.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import settings
+from .coherence import SentenceGuard, choose_unbroken
 from .errors import ArtcapError, check_known_keys
 from .settings import setting
 from .text import Vocabulary
@@ -60,6 +66,9 @@ class DecodingConfig:
                                       "asked emotion (decode.EmotionContrast)", low=0, high=10)
     rerank: bool = setting(False, "keep the beam caption the model's image-caption matcher finds most specific "
                                   "to the image (models trained with a matcher)")
+    coherent: bool = setting(False, "keep captions whole: never end on a dangling word (\"trying to be\"), never "
+                                    "say he/she of the other gender than the person named, never prefer a broken "
+                                    "caption of the beam to an unbroken one (artcap.coherence)")
 
     def __post_init__(self) -> None:
         settings.check(self, prefix="decoding ")
@@ -103,6 +112,7 @@ class _Bans:
         self.ngram, self.repeats = decoding.no_repeat_ngram, decoding.max_word_repeats
         self.content = torch.tensor([i >= 4 and w not in STOP_WORDS for i, w in enumerate(vocab.words)],
                                     device=device)
+        self.guard = _sentence_guard(tuple(vocab.words)) if decoding.coherent else None
 
     def apply(self, logp: torch.Tensor, history: torch.Tensor, force_eos: bool) -> torch.Tensor:
         """logp [R, V] and the words said so far [R, t] -> logp with every banned word at -inf."""
@@ -121,7 +131,27 @@ class _Bans:
         if self.repeats and t:
             counts = torch.zeros_like(logp).scatter_add_(1, history, torch.ones_like(history, dtype=logp.dtype))
             logp.masked_fill_((counts >= self.repeats) & self.content, NEG_INF)
+        if self.guard is not None:
+            _mask_breaking_words(logp, history, self.guard, self.eos)
         return logp
+
+
+@functools.lru_cache(maxsize=4)
+def _sentence_guard(words: tuple[str, ...]) -> SentenceGuard:
+    return SentenceGuard(words)
+
+
+def _mask_breaking_words(logp: torch.Tensor, history: torch.Tensor, guard: SentenceGuard, eos: int) -> None:
+    """`coherent`: mask, per hypothesis, the next words that would break its caption (never all of them: only
+    <eos>, "and"/"but" and gendered pronouns can be). Rows past their <eos> (or padding) are left alone."""
+    for row, prefix in enumerate(history.tolist()):
+        if eos in prefix or Vocabulary.pad_id in prefix:
+            continue
+        no_end, words = guard.banned(prefix)
+        if no_end:
+            logp[row, eos] = NEG_INF
+        if words:
+            logp[row, words] = NEG_INF
 
 
 def _next_log_probs(model: nn.Module, memory, tokens, state, history, bans: _Bans, force_eos: bool):
@@ -288,8 +318,18 @@ def search_n_best(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, d
 
 def search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
            emotions: torch.Tensor | None = None) -> list[Hypothesis]:
-    """The best hypothesis per image (see search_n_best)."""
-    return [n_best[0] for n_best in search_n_best(model, features, vocab, decoding, emotions)]
+    """The best hypothesis per image (see search_n_best); `coherent`: the best unbroken one, if any."""
+    return [best_of(n_best, vocab, decoding) for n_best in search_n_best(model, features, vocab, decoding, emotions)]
+
+
+def best_of(n_best: list[Hypothesis], vocab: Vocabulary, decoding: DecodingConfig,
+            preference: list[float] | None = None) -> Hypothesis:
+    """The hypothesis `preference` (default: the beam's order) ranks first; with `coherent`, the first without a
+    defect (coherence.choose_unbroken) when there is one."""
+    preference = preference if preference is not None else [-rank for rank in range(len(n_best))]
+    if not decoding.coherent:
+        return n_best[max(range(len(n_best)), key=lambda i: (preference[i], -i))]
+    return n_best[choose_unbroken([vocab.decode(h.ids) for h in n_best], preference)]
 
 
 def greedy_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int,

@@ -71,16 +71,17 @@ class CaptionMatcher(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
     @torch.no_grad()
+    def scores(self, pooled: torch.Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        """For each image, how well each of its candidate captions (word ids) matches it (cosine similarity)."""
+        self.eval()
+        images = self.encode_images(pooled)
+        return [(self.encode_captions(options) @ image).tolist() if len(options) > 1 else [0.0] * len(options)
+                for image, options in zip(images, candidates)]
+
     def choose(self, pooled: torch.Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> list[int]:
         """For each image, the index of its candidate caption (word ids, the beam's best first) that matches it best;
         ties keep the beam's order."""
-        self.eval()
-        images = self.encode_images(pooled)
-        chosen = []
-        for image, options in zip(images, candidates):
-            scores = (self.encode_captions(options) @ image).numpy() if len(options) > 1 else np.zeros(1)
-            chosen.append(int(np.argmax(scores)))
-        return chosen
+        return [int(np.argmax(s)) for s in self.scores(pooled, candidates)]
 
 
 def train_matcher(features: np.ndarray, captions: Sequence[Sequence[Sequence[int]]], vocab_size: int,
