@@ -90,8 +90,11 @@ def grounding_text(decoder: dict) -> str:
 
 
 def rerank_text(decoding: dict) -> str:
-    return ("; the beam's captions reranked by the image-caption matcher (`matcher.safetensors`)"
+    text = ("; the beam's captions reranked by the image-caption matcher (`matcher.safetensors`)"
             if decoding.get("rerank") else "")
+    if decoding.get("coherent"):
+        text += "; coherent decoding (no dangling end, no mixed genders, never a broken caption over an unbroken one)"
+    return text
 
 
 def card(name, summary, stages, configs, histories, minutes, scores, skip_train, target) -> str:

@@ -38,6 +38,32 @@ def test_a_model_compared_with_itself_differs_by_exactly_zero(tiny_run, artemis_
 
 
 @pytest.mark.slow
+def test_one_model_under_two_decodings(tiny_run, artemis_subset, feature_cache_dir, capsys):
+    csv_path, images = artemis_subset
+    code = main(["compare", str(tiny_run), str(tiny_run), "--data", str(csv_path), "--images", str(images),
+                 "--decoding-a", "coherent=true", "--decoding-b", "coherent=false", "--decoding-b", "beam=2",
+                 "--no-meteor", "--resamples", "100", "--cache", str(feature_cache_dir), "--format", "json", "-q"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["decoding"]["a"]["coherent"] and printed["decoding"]["a"]["beam"] != 2
+    assert not printed["decoding"]["b"]["coherent"] and printed["decoding"]["b"]["beam"] == 2
+    assert printed["a"].endswith(", coherent=true") and printed["b"].endswith(", coherent=false, beam=2")
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("coherent", "--decoding-b 'coherent': expected SETTING=VALUE"),
+    ("coherent=maybe", "--decoding-b: coherent must be true or false, got 'maybe'"),
+    ("beam=0", "--decoding-b: beam must be from 1 to 20, got '0'"),
+    ("colour=red", "--decoding-b: unknown setting 'colour'"),
+])
+def test_a_bad_decoding_setting_is_one_line_before_any_work(flag, message, capsys):
+    assert main(["compare", "default", "default", "--data", "missing.csv", "--images", "missing",
+                 "--decoding-b", flag]) != 0
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
 def test_two_shipped_models_are_each_scored_as_pycocoevalcap_scores_them(artemis_subset, feature_cache_dir):
     csv_path, images = artemis_subset
     result = compare("default", "fast", csv_path, images, "test", with_meteor=False, resamples=300,

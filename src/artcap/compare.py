@@ -95,7 +95,7 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
         log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
         with_meteor = False
     captioners = [Captioner.load(m, backend=backend) for m in (model_a, model_b)]
-    names = [c.model_id + "".join(f", {k}={v}" for k, v in changed.items())
+    names = [c.model_id + "".join(f", {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in changed.items())
              for c, changed in zip(captioners, overrides)]
     if names[0] == names[1]:
         names = [f"A ({names[0]})", f"B ({names[1]})"]
