@@ -32,7 +32,7 @@ def main() -> None:
     config = load_config(args.config)
     corpus = load_corpus(config, read_splits(args.splits), spec=FeatureSpec("pooled"))
     result = benchmark_emotion_head(corpus)
-    print(f"encoder {config.encoder} {config.image_size or ''} px, probe C = {result['probe_C']}")
+    print(f"encoder {config.encoder.name} {config.encoder.image_size or ''} px, probe C = {result['probe_C']}")
     print("| split | classifier | accuracy | macro recall | KL(human || predicted) |")
     print("|---|---|---:|---:|---:|")
     for split in ("val", "test"):

@@ -198,20 +198,21 @@ def run_decoder(args) -> dict:
     """prepare, read-all, train for one decoder; returns its measurements."""
     import torch
 
-    from artcap.config import TrainConfig
+    from artcap.config import config_from
     from artcap.corpus import caption_table, load_corpus
     from artcap.train import epoch_batches, train
 
     work = Path(args.workdir)
-    config = TrainConfig(data=str(work / "artemis_synthetic.csv"), images=str(work / "wikiart"), preset="artemis",
-                         feature_cache=str(work / "features"), decoder=args.child, epochs=1,
-                         steps_per_epoch=args.steps, batch_size=args.batch_size, device="cpu", num_workers=0,
-                         checkpoint_minutes=0, out=str(work / "runs" / args.child))
+    config = config_from({"data.captions": str(work / "artemis_synthetic.csv"), "data.images": str(work / "wikiart"),
+                          "data.preset": "artemis", "encoder.feature_cache": str(work / "features"),
+                          "decoder.kind": args.child, "optim.epochs": 1, "optim.steps_per_epoch": args.steps,
+                          "optim.batch_size": args.batch_size, "run.device": "cpu", "encoder.num_workers": 0,
+                          "run.checkpoint_minutes": 0, "run.out": str(work / "runs" / args.child)})
     torch.set_num_threads(args.threads)
     out: dict = {}
     t = time.perf_counter()
     corpus = load_corpus(config, progress=False)
-    table = caption_table(corpus, "train", config.max_len or corpus.data.max_len)
+    table = caption_table(corpus, "train", config.max_len(corpus.data.max_len))
     out["prepare_s"] = round(time.perf_counter() - t, 2)
     out["after_prepare"] = rss_mb()
     out["vocabulary"] = len(corpus.data.vocab)
@@ -220,7 +221,7 @@ def run_decoder(args) -> dict:
     out["train_tokens_per_epoch"] = tokens_per_epoch
     if args.read_all:
         t, read = time.perf_counter(), 0
-        for idx in epoch_batches(len(table), args.batch_size, 0, 0, config.seed):
+        for idx in epoch_batches(len(table), args.batch_size, 0, 0, config.run.seed):
             read += corpus.features[table.rows[idx]].nbytes
         out["read_all_s"] = round(time.perf_counter() - t, 2)
         out["read_all_gb_float32"] = round(read / 1e9, 2)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from artcap.config import TrainConfig
+from artcap.config import config_from
 from artcap.decoders import DecoderConfig, MergeDecoder, caption_loss
 from artcap.corpus import caption_table, load_corpus
 
@@ -28,12 +28,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    config = TrainConfig(data=str(DATA / "artemis_mini.csv"), images=str(DATA / "wikiart"), image_size=224)
+    config = config_from({"data.captions": str(DATA / "artemis_mini.csv"), "data.images": str(DATA / "wikiart"),
+                          "encoder.image_size": 224})
     corpus = load_corpus(config, progress=True)
     captions = caption_table(corpus, "train", corpus.data.max_len)
     table, rows = captions.tokens, captions.rows
     torch.manual_seed(0)
-    model = MergeDecoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim))
+    model = MergeDecoder(DecoderConfig.of(len(corpus.data.vocab), corpus.features.dim))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
 

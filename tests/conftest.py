@@ -43,14 +43,16 @@ def feature_cache_dir(tmp_path_factory):
 
 
 def tiny_config(artemis_subset, feature_cache_dir, out, **overrides):
-    """A training config on the subset that runs in seconds."""
-    from artcap.config import TrainConfig
+    """A training config on the subset that runs in seconds. Overrides are dotted settings
+    (`**{"decoder.kind": "sat"}`) or the old flat names (`epochs=2`), read as their dotted ones."""
+    from artcap.config import FLAT_KEYS, config_from
 
     csv_path, images = artemis_subset
-    values = dict(data=str(csv_path), images=str(images), feature_cache=str(feature_cache_dir), epochs=3,
-                  batch_size=32, out=str(out), num_workers=0, embed_dim=64, hidden_dim=64)
-    values.update(overrides)
-    return TrainConfig(**values)
+    values = {"data.captions": str(csv_path), "data.images": str(images),
+              "encoder.feature_cache": str(feature_cache_dir), "optim.epochs": 3, "optim.batch_size": 32,
+              "run.out": str(out), "encoder.num_workers": 0, "decoder.embed_dim": 64, "decoder.hidden_dim": 64}
+    values.update({FLAT_KEYS.get(key, key): value for key, value in overrides.items()})
+    return config_from(values)
 
 
 @pytest.fixture(scope="session")

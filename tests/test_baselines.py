@@ -29,12 +29,13 @@ def test_nearest_neighbour_uses_cosine_similarity_and_the_consensus_caption():
 
 
 def test_nearest_neighbour_on_real_features_finds_the_most_similar_training_painting(artemis_subset, feature_cache_dir):
-    from artcap.config import TrainConfig
+    from artcap.config import config_from
     from artcap.corpus import load_corpus
 
     csv_path, images = artemis_subset
-    corpus = load_corpus(TrainConfig(data=str(csv_path), images=str(images), feature_cache=str(feature_cache_dir),
-                                     num_workers=0), progress=False)
+    corpus = load_corpus(config_from({"data.captions": str(csv_path), "data.images": str(images),
+                                      "encoder.feature_cache": str(feature_cache_dir), "encoder.num_workers": 0}),
+                         progress=False)
     data = corpus.data
     train_ids, test_ids = data.split_ids("train"), data.split_ids("test")
     train_feats = corpus.features[np.array([corpus.image_row[i] for i in train_ids])]

@@ -6,6 +6,7 @@ one class with @register_decoder, nothing else, and every generic test runs on i
 
 import json
 from collections import Counter
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from torch import nn
 from artcap.data import EMOTIONS as DATA_EMOTIONS
 from artcap.decode import STOP_WORDS, DecodingConfig, EmotionContrast, beam_search, generate, greedy_search
 from artcap.decoders import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
-                             decoder_has_attention, decoder_kinds, emotion_features, emotion_ids, register_decoder)
+                             decoder_has_attention, decoder_kinds, emotion_features, emotion_ids, register_decoder,
+                             settings_class)
 from artcap.errors import ArtcapError
 from artcap.text import SPECIALS, Vocabulary
 
@@ -63,9 +65,11 @@ VOCAB = Vocabulary(list(SPECIALS) + WORDS)
 
 def make(kind: str, emotions: bool = False, seed: int = 0, **overrides) -> nn.Module:
     torch.manual_seed(seed)
-    values = {**dict(embed_dim=8, hidden_dim=10, attention_dim=7, dropout=0.3, kind=kind,
-                     num_emotions=len(EMOTIONS) if emotions else 0, emotion_dim=5), **overrides}
-    return create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM, **values)).eval()
+    own = {f.name for f in fields(settings_class(kind))}
+    values = {**dict(embed_dim=8, hidden_dim=10, dropout=0.3, kind=kind,
+                     num_emotions=len(EMOTIONS) if emotions else 0, emotion_dim=5),
+              **({"attention_dim": 7} if "attention_dim" in own else {}), **overrides}
+    return create_decoder(DecoderConfig.of(len(VOCAB), FEATURE_DIM, **values)).eval()
 
 
 def features_for(model: nn.Module, batch: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -99,7 +103,7 @@ GROUNDABLE = [k for k in KINDS if k != "toy-bag"]
 
 def test_registry_has_the_built_in_kinds_and_the_toy():
     assert {"merge", "sat", "toy-bag"} <= set(KINDS)
-    assert isinstance(create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM, kind="toy-bag")), BagOfWords)
+    assert isinstance(create_decoder(DecoderConfig.of(len(VOCAB), FEATURE_DIM, kind="toy-bag")), BagOfWords)
     assert isinstance(create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM)), MergeDecoder)  # merge by default
     with pytest.raises(ValueError, match="registered twice"):
         register_decoder("sat")(BagOfWords)
@@ -339,8 +343,15 @@ def test_decoder_config_from_saved_dicts():
     assert DecoderConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ArtcapError, match="config.json: unknown decoder setting\\(s\\) heads"):
         DecoderConfig.from_dict({**old, "heads": 4})
-    with pytest.raises(ArtcapError, match="decoder kind must be one of .*merge.*sat.*got 'transformer'"):
+    with pytest.raises(ArtcapError, match="decoder.kind must be one of .*merge.*sat.*got 'transformer'"):
         DecoderConfig.from_dict({**old, "kind": "transformer"})
+    # merge models saved when one config served every kind also hold sat's attention fields
+    legacy = DecoderConfig.from_dict({**old, "attention_dim": 256, "alpha_c": 1.0})
+    assert legacy == config and "attention_dim" not in legacy.to_dict()
+    sat = DecoderConfig.from_dict({**old, "kind": "sat", "attention_dim": 64})
+    assert sat.attention_dim == 64 and DecoderConfig.from_dict(sat.to_dict()) == sat
+    with pytest.raises(ArtcapError, match="decoder.dropout must be from 0 to 0.95, got 2"):
+        DecoderConfig.from_dict({**old, "dropout": 2})
 
 
 def test_the_shipped_merge_model_loads_through_the_registry(model_dir):

@@ -15,7 +15,8 @@ from artcap.experiment import steps_per_epoch_experiment
 @pytest.mark.slow
 def test_experiment_trains_each_point_once_and_rebuilds_the_report(artemis_subset, feature_cache_dir, tmp_path):
     out = tmp_path / "study"
-    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "unused", embed_dim=32, hidden_dim=32)
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "unused",
+                         **{"decoder.embed_dim": 32, "decoder.hidden_dim": 32})
     first = steps_per_epoch_experiment(config, [2, 3], 1, out, with_meteor=False, progress=False)
     assert first["actions"] == {"2": "trained", "3": "trained"}
     assert [r["steps_per_epoch"] for r in first["rows"]] == [2, 3]

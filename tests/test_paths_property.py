@@ -187,7 +187,7 @@ def test_commands_refuse_a_csv_row_leading_outside_in_one_line_and_cache_nothing
         cache = folder / "cache"
         argv = {"features": ["features", "--data", str(csv_path), "--images", str(images), "--cache", str(cache)],
                 "train": ["train", "--data", str(csv_path), "--images", str(images), "--cache", str(cache),
-                          "--set", f"out={folder / 'run'}"],
+                          "--set", f"run.out={folder / 'run'}"],
                 "evaluate": ["evaluate", str(model_dir), "--data", str(csv_path), "--images", str(images),
                              "--cache", str(cache), "--split", "all", "--no-meteor"]}[command]
         backend = ["--backend", "torch"] if command != "train" else []

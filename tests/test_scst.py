@@ -10,7 +10,7 @@ import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from artcap.cider import CiderD
-from artcap.config import TrainConfig
+from artcap.config import config_from
 from artcap.errors import ArtcapError
 from artcap.metrics import collapse_scores, top_caption_share
 from artcap.decoders import DecoderConfig, create_decoder
@@ -123,7 +123,8 @@ def test_sampled_words_stop_at_the_end_token():
 def _toy_decoder_and_batch(kind: str, emotions: int):
     torch.manual_seed(0)
     vocab = _toy_vocab()
-    decoder = create_decoder(DecoderConfig(len(vocab), 8, 16, 16, 0.5, kind=kind, num_emotions=emotions))
+    decoder = create_decoder(DecoderConfig.of(len(vocab), 8, embed_dim=16, hidden_dim=16, dropout=0.5, kind=kind,
+                                              num_emotions=emotions))
     features = torch.randn(3, 8) if kind == "merge" else torch.randn(3, 4, 8)
     batch = Batch(features, torch.zeros(3, 5, dtype=torch.long), torch.tensor([0, 4, 8]) if emotions else None,
                   np.array([0, 1, 2]))  # feature rows: the keys of the reference corpus
@@ -169,19 +170,19 @@ def test_scst_steps_raise_the_mean_sampled_reward():
 
 
 def test_config_checks_the_scst_keys_before_any_work():
-    with pytest.raises(ArtcapError, match="init_from"):
-        TrainConfig(objective="scst")
-    with pytest.raises(ArtcapError, match="scst_samples = 1 is out of range"):
-        TrainConfig(objective="scst", init_from="m", scst_samples=1)
-    with pytest.raises(ArtcapError, match="grounding_weight = -1.0 is out of range"):
-        TrainConfig(grounding_weight=-1.0)
-    with pytest.raises(ArtcapError, match="objective = 'rl' is out of range"):
-        TrainConfig(objective="rl")
-    assert TrainConfig(select_by="cider_distinct").select_by == "cider_distinct"
+    with pytest.raises(ArtcapError, match="set run.init_from"):
+        config_from({"optim.objective": "scst"})
+    with pytest.raises(ArtcapError, match="scst.samples must be from 2 to 64, got 1"):
+        config_from({"optim.objective": "scst", "run.init_from": "m", "scst.samples": 1})
+    with pytest.raises(ArtcapError, match="scst.grounding_weight must be from 0 to 10, got -1.0"):
+        config_from({"scst.grounding_weight": -1.0})
+    with pytest.raises(ArtcapError, match="optim.objective must be one of xe, scst, got 'rl'"):
+        config_from({"optim.objective": "rl"})
+    assert config_from({"optim.select_by": "cider_distinct"}).optim.select_by == "cider_distinct"
 
 
 def test_cider_distinct_selection_prefers_any_varied_epoch_then_cider():
-    config = TrainConfig(select_by="cider_distinct")
+    config = config_from({"optim.select_by": "cider_distinct"})
     collapsed = _selection_score(config, {"cider": 0.9, "distinct": 0.3})
     less_collapsed = _selection_score(config, {"cider": 0.1, "distinct": 0.5})
     varied = _selection_score(config, {"cider": 0.05, "distinct": 0.6})
@@ -204,8 +205,9 @@ def test_scst_on_the_tiny_run_reports_collapse_and_resumes_exactly(tiny_run, art
     from artcap.train import train
 
     images = artemis_subset[1]
-    settings = dict(objective="scst", init_from=str(tiny_run / "model"), epochs=2, steps_per_epoch=6, lr=5e-4,
-                    select_by="cider_distinct", grounding_weight=0.5, dropout=0.0)
+    settings = {"optim.objective": "scst", "run.init_from": str(tiny_run / "model"), "optim.epochs": 2,
+                "optim.steps_per_epoch": 6, "optim.lr": 5e-4, "optim.select_by": "cider_distinct",
+                "scst.grounding_weight": 0.5, "decoder.dropout": 0.0}
     run = train(tiny_config(artemis_subset, feature_cache_dir, tmp_path / "scst", **settings), progress=False)
     history = json.loads((run / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
@@ -216,7 +218,7 @@ def test_scst_on_the_tiny_run_reports_collapse_and_resumes_exactly(tiny_run, art
     assert all(c.strip() for c in Captioner.load(run).caption(val_images, beam=1))
 
     # Stopped after epoch 1 and resumed: the same weights as the uninterrupted run (the loss keeps no state).
-    first = train(tiny_config(artemis_subset, feature_cache_dir, tmp_path / "resumed", **{**settings, "epochs": 1}),
+    first = train(tiny_config(artemis_subset, feature_cache_dir, tmp_path / "resumed", **{**settings, "optim.epochs": 1}),
                   progress=False)
     resumed = train(tiny_config(artemis_subset, feature_cache_dir, first, **settings), resume=True, progress=False)
     again = json.loads((resumed / "history.json").read_text())
@@ -308,8 +310,8 @@ def test_scst_runs_through_a_distributed_data_parallel_wrapper():
 def test_fine_tuning_must_keep_the_decoders_emotion_grounding(tiny_run, artemis_subset, feature_cache_dir, tmp_path):
     from artcap.train import train
 
-    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "ft", init_from=str(tiny_run / "model"),
-                         emotion_grounded=True, epochs=1)
-    with pytest.raises(ArtcapError, match="its decoder is not emotion-grounded; set emotion_grounded = false"):
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "ft", **{
+        "run.init_from": str(tiny_run / "model"), "emotion.grounded": True, "optim.epochs": 1})
+    with pytest.raises(ArtcapError, match="its decoder is not emotion-grounded; set emotion.grounded = false"):
         train(config, progress=False)
     assert not (tmp_path / "ft" / "checkpoint.pt").exists()

@@ -37,16 +37,16 @@ def test_training_lowers_val_loss_and_writes_a_run_folder(tiny_run):
     for name in ("config.toml", "splits.json", "vocab.json", "checkpoint.pt", "loss.png", "model/config.json",
                  "model/model.safetensors", "model/vocab.json", "model/splits.json"):
         assert (tiny_run / name).is_file(), name
-    assert load_config(tiny_run / "config.toml").epochs == 3
+    assert load_config(tiny_run / "config.toml").optim.epochs == 3
 
 
 def test_resume_continues_the_same_run(artemis_subset, feature_cache_dir, tmp_path, tiny_run):
     """2 epochs + resume to 3 equals 3 epochs straight (epoch boundaries are deterministic)."""
-    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "r", epochs=2)
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "r", **{"optim.epochs": 2})
     run = train(config, progress=False)
     with pytest.raises(ArtcapError, match="a run already exists there"):
         train(config, progress=False)
-    config.epochs = 3
+    config = config.replaced({"optim.epochs": 3})
     train(config, resume=True, progress=False)
     resumed, straight = history(run), history(tiny_run)
     assert [e["epoch"] for e in resumed] == [1, 2, 3]
@@ -56,8 +56,8 @@ def test_resume_continues_the_same_run(artemis_subset, feature_cache_dir, tmp_pa
 
 def test_resume_after_kill_9(artemis_subset, feature_cache_dir, tmp_path):
     """A real SIGKILL mid-epoch; --resume finishes the run with every epoch present once."""
-    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "k", epochs=4, checkpoint_every=3,
-                         batch_size=8)
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "k", **{"optim.epochs": 4,
+                         "run.checkpoint_every": 3, "optim.batch_size": 8})
     config_path = tmp_path / "k.toml"
     config.save(config_path)
     cmd = [sys.executable, "-m", "artcap", "-q", "train", "--config", str(config_path)]
@@ -135,18 +135,18 @@ def test_truncated_checkpoint_fails_clearly(tiny_run, tmp_path, capsys):
     shutil.copytree(tiny_run, run)
     ckpt = run / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
-    assert main(["-q", "train", "--resume", str(run), "--set", "epochs=4"]) == 2
+    assert main(["-q", "train", "--resume", str(run), "--set", "optim.epochs=4"]) == 2
     err = capsys.readouterr().err
     assert "checkpoint.pt: unreadable checkpoint" in err and "Traceback" not in err
 
 
 def test_config_errors_are_one_line(tmp_path):
-    (tmp_path / "c.toml").write_text('epochs = "ten"\n')
-    with pytest.raises(ArtcapError, match="epochs must be int"):
+    (tmp_path / "c.toml").write_text('[optim]\nepochs = "ten"\n')
+    with pytest.raises(ArtcapError, match="optim.epochs must be from 1 to 100000, got 'ten'"):
         load_config(tmp_path / "c.toml")
-    with pytest.raises(ArtcapError, match="unknown key 'epoch'"):
-        (tmp_path / "d.toml").write_text("epoch = 3\n")
+    with pytest.raises(ArtcapError, match="unknown key optim.epoch; \\[optim\\] keys: objective, epochs"):
+        (tmp_path / "d.toml").write_text("[optim]\nepoch = 3\n")
         load_config(tmp_path / "d.toml")
-    with pytest.raises(ArtcapError, match="--set 'lr'"):
-        load_config(None, ["lr"])
-    assert load_config(None, ["lr=0.01", "amp=false"]).lr == 0.01
+    with pytest.raises(ArtcapError, match="--set 'optim.lr'"):
+        load_config(None, ["optim.lr"])
+    assert load_config(None, ["optim.lr=0.01", "run.amp=false"]).optim.lr == 0.01

@@ -32,15 +32,16 @@ def strict_json(path: Path):
 
 # ---- training settings are checked before any work --------------------------------------------------
 
-@pytest.mark.parametrize("setting, key", [("batch_size=0", "batch_size"), ("lr=nan", "lr"), ("dropout=2", "dropout"),
-                                          ("epochs=0", "epochs"), ("lr=-1", "lr"), ("device=gpu", "device"),
-                                          ("decoder=lstm9", "decoder")])
+@pytest.mark.parametrize("setting, key", [("optim.batch_size=0", "optim.batch_size"), ("optim.lr=nan", "optim.lr"),
+                                          ("decoder.dropout=2", "decoder.dropout"), ("optim.epochs=0", "optim.epochs"),
+                                          ("optim.lr=-1", "optim.lr"), ("run.device=gpu", "run.device"),
+                                          ("decoder.kind=lstm9", "decoder.kind")])
 def test_bad_training_settings_are_one_line_before_any_work(setting, key, artemis_subset, tmp_path, capsys):
     csv_path, images = artemis_subset
     cache = tmp_path / "cache"
     started = time.perf_counter()
     code = main(["train", "--data", str(csv_path), "--images", str(images), "--cache", str(cache),
-                 "--set", f"out={tmp_path / 'run'}", "--set", setting])
+                 "--set", f"run.out={tmp_path / 'run'}", "--set", setting])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and key in err, err
     assert not cache.exists() and not (tmp_path / "run").exists()  # no feature extraction, no run folder
@@ -129,7 +130,7 @@ def test_a_one_row_csv_says_no_training_painting(shared_data, tmp_path, capsys):
     source = (shared_data / "artemis-mini" / "artemis_mini.csv").read_text(encoding="utf-8").splitlines()
     (tmp_path / "one.csv").write_text("\n".join(source[:2]) + "\n", encoding="utf-8")
     code = main(["train", "--data", str(tmp_path / "one.csv"), "--images", str(shared_data / "artemis-mini/wikiart"),
-                 "--cache", str(tmp_path / "cache"), "--set", f"out={tmp_path / 'run'}"])
+                 "--cache", str(tmp_path / "cache"), "--set", f"run.out={tmp_path / 'run'}"])
     err = capsys.readouterr().err
     assert code == 2 and "no training painting" in err and "empty data set" not in err, err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,16 +59,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def export_model(path: Path, model: torch.nn.Module, data, config, max_len: int, history: list[dict]) -> None:
     """Write the model folder of a training run (`data`: the run's CaptionData, `config`: its TrainConfig)."""
+    from .corpus import feature_spec
     from .encoders import EncoderSpec
     from .model_folder import EncoderSection, FeaturesSection, ModelConfig, save_model_folder
 
     spec = EncoderSpec.from_train_config(config)
     losses = [h["val_loss"] for h in history if h.get("val_loss") is not None]
     model_config = ModelConfig(
-        model_id=f"artcap-{Path(config.out).name}", encoder=EncoderSection.of(spec),
-        features=FeaturesSection(model.feature_kind, config.grid_size), preset=config.preset, max_len=max_len,
-        decoding=config.decoding(max_len), decoder=model.config.to_dict(),
+        model_id=f"artcap-{Path(config.run.out).name}", encoder=EncoderSection.of(spec),
+        features=FeaturesSection(model.feature_kind, feature_spec(config).grid_size), preset=config.data.preset,
+        max_len=max_len, decoding=replace(config.decoding, max_len=max_len), decoder=model.config.to_dict(),
         training={"epochs_done": len(history), "best_val_loss": min(losses) if losses else None,
-                  "select_by": config.select_by, "data": data.counts(), "torch": torch.__version__})
+                  "select_by": config.optim.select_by, "data": data.counts(), "torch": torch.__version__})
     save_model_folder(path, model_config, model, data.vocab, encoder_state=spec.state_to_ship())
     atomic_write_json(path / "splits.json", data.splits)  # so evaluation finds the held-out paintings

@@ -286,14 +286,16 @@ def run_models(args) -> int:
 def _add_config_args(p) -> None:
     """--config and --set, plus shortcuts for the keys most often given on the command line."""
     p.add_argument("--config", type=Path, default=None, help="TOML config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set epochs=2")
-    p.add_argument("--data", help="ArtEmis CSV or Flickr8k captions.txt (config key: data)")
-    p.add_argument("--images", help="image folder (config key: images)")
-    p.add_argument("--encoder", help="encoder name (config key: encoder)")
-    p.add_argument("--encoder-weights", help="imagenet | random | FILE (config key: encoder_weights)")
-    p.add_argument("--image-size", type=bounded(int, 32, 2048), help="input size in pixels (config key: image_size)")
-    p.add_argument("--cache", help="feature cache folder (config key: feature_cache)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a config setting (repeatable), e.g. --set optim.epochs=2 "
+                        "--set decoder.kind=sat (docs/training.md lists the tables)")
+    p.add_argument("--data", help="ArtEmis CSV or Flickr8k captions.txt (config key: data.captions)")
+    p.add_argument("--images", help="image folder (config key: data.images)")
+    p.add_argument("--encoder", help="encoder name (config key: encoder.name)")
+    p.add_argument("--encoder-weights", help="imagenet | random | FILE (config key: encoder.weights)")
+    p.add_argument("--image-size", type=bounded(int, 32, 2048), help="input size in pixels (config key: "
+                                                                      "encoder.image_size)")
+    p.add_argument("--cache", help="feature cache folder (config key: encoder.feature_cache)")
     p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
 
 
@@ -309,13 +311,14 @@ def _config_from_args(args):
     from .config import load_config
 
     overrides = list(args.overrides)
-    for flag, key in [("data", "data"), ("images", "images"), ("encoder", "encoder"),
-                      ("encoder_weights", "encoder_weights"), ("image_size", "image_size"), ("cache", "feature_cache")]:
+    for flag, key in [("data", "data.captions"), ("images", "data.images"), ("encoder", "encoder.name"),
+                      ("encoder_weights", "encoder.weights"), ("image_size", "encoder.image_size"),
+                      ("cache", "encoder.feature_cache")]:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if getattr(args, "skip_missing", False):
-        overrides.append("skip_missing=true")
+        overrides.append("data.skip_missing=true")
     return load_config(args.config, overrides)
 
 
@@ -326,10 +329,11 @@ def run_features(args) -> int:
 
     config = _config_from_args(args)
     started = time.perf_counter()
-    corpus = load_corpus(config, device=config.device if config.device != "auto" else "cpu", backend=args.backend,
+    device = config.run.device
+    corpus = load_corpus(config, device=device if device != "auto" else "cpu", backend=args.backend,
                          progress=not args.quiet)
     log.info("%d images' features ready in %s (%.1f s)", len(corpus.features),
-             Path(config.feature_cache or "~/.cache/artcap/features"), time.perf_counter() - started)
+             Path(config.encoder.feature_cache or "~/.cache/artcap/features"), time.perf_counter() - started)
     return 0
 
 
@@ -353,12 +357,30 @@ def run_train(args) -> int:
         config_path = args.resume / "config.toml"
         if not config_path.is_file():
             raise ArtcapError(f"{args.resume}: not a run folder (no config.toml)")
-        args.config, args.overrides = config_path, [*args.overrides, f"out={args.resume}"]
+        args.config, args.overrides = config_path, [*args.overrides, f"run.out={args.resume}"]
     config = _config_from_args(args)
     run = train(config, resume=args.resume is not None, progress=not args.quiet)
     if not (run / "model" / "config.json").is_file():
         raise ArtcapError(f"{run}: training ended without exporting a model; see the messages above")
     log.info("run folder: %s (best model in %s)", run, run / "model")
+    return 0
+
+
+# ---- config -------------------------------------------------------------------------------------
+
+def add_config_parser(sub) -> None:
+    p = sub.add_parser("config", help="convert an old flat training config to tables",
+                       description="Print a training config in the [tables] layout (docs/training.md): "
+                                   "artcap config migrate OLD.toml > NEW.toml. Comments are not carried over.")
+    p.add_argument("action", choices=["migrate"], help="what to do")
+    p.add_argument("path", type=Path, metavar="CONFIG", help="a TOML training config (flat or nested)")
+    p.set_defaults(func=run_config)
+
+
+def run_config(args) -> int:
+    from .config import migrate_text
+
+    sys.stdout.write(migrate_text(args.path))
     return 0
 
 
@@ -432,7 +454,7 @@ def _subcommands():
     from .hub import add_push_parser
 
     return [add_caption_parser, add_models_parser, add_features_parser, add_train_parser, add_evaluate_parser,
-            add_compare_parser, add_experiment_parser, add_serve_parser, add_push_parser]
+            add_compare_parser, add_experiment_parser, add_config_parser, add_serve_parser, add_push_parser]
 
 
 def main(argv: list[str] | None = None) -> int:

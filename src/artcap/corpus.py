@@ -16,7 +16,7 @@ from .config import TrainConfig
 from .data import EMOTIONS, Annotation, CaptionData, prepare, read_annotations
 from .encoders import EncoderSpec
 from .errors import ArtcapError
-from .features import FeatureCache, FeatureSpec, FeatureView, default_cache_dir
+from .features import DEFAULT_GRID_SIZE, FeatureCache, FeatureSpec, FeatureView, default_cache_dir
 
 log = logging.getLogger("artcap")
 NO_EMOTION = -1  # the emotion id of a caption without one (Flickr8k)
@@ -48,7 +48,9 @@ def feature_spec(config: TrainConfig) -> FeatureSpec:
     """The features a decoder kind reads: pooled vectors, or a grid for attention."""
     from .decoders import decoder_feature_kind
 
-    return FeatureSpec(decoder_feature_kind(config.decoder), config.grid_size)
+    kind = decoder_feature_kind(config.decoder.kind)
+    return FeatureSpec(kind, getattr(config.decoder, "grid_size", DEFAULT_GRID_SIZE)) if kind == "grid" \
+        else FeatureSpec(kind)
 
 
 def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None, device: str | torch.device = "cpu",
@@ -56,23 +58,25 @@ def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None,
                 spec: FeatureSpec | None = None, backend: str = "auto") -> Corpus:
     """Read the annotations (unless given), prepare the preset, and extract (or reuse) every image's features
     (`backend` runs the image network: onnx_backend.create_runner)."""
-    if not config.data or not config.images:
-        raise ArtcapError("no data given: set `data` (CSV) and `images` (folder) in the config or with --set")
+    source, encoding = config.data, config.encoder
+    if not source.captions or not source.images:
+        raise ArtcapError("no data given: set [data] captions (CSV) and images (folder) in the config, or --data "
+                          "and --images")
     if annotations is None:
-        annotations = read_annotations(config.data, config.images, skip_missing=config.skip_missing)
-    data = prepare(annotations, config.preset, splits, seed=config.split_seed)
+        annotations = read_annotations(source.captions, source.images, skip_missing=source.skip_missing)
+    data = prepare(annotations, source.preset, splits, seed=source.split_seed)
     from .onnx_backend import create_runner
 
     encoder = EncoderSpec.from_train_config(config).create().to(device)
-    cache = FeatureCache(config.feature_cache or default_cache_dir(), encoder, spec or feature_spec(config),
+    cache = FeatureCache(encoding.feature_cache or default_cache_dir(), encoder, spec or feature_spec(config),
                          runner=create_runner(encoder, backend, torch.device(device)))
     ids = sorted(data.paths)
-    failures = cache.extract([data.paths[i] for i in ids], batch_size=config.feature_batch_size,
-                             num_workers=config.num_workers, progress=progress)
+    failures = cache.extract([data.paths[i] for i in ids], batch_size=encoding.feature_batch_size,
+                             num_workers=encoding.num_workers, progress=progress)
     if failures:
         first = next(iter(failures.values()))
         summary = f"{len(failures)} image(s) could not be read (first: {first})"
-        if not config.skip_missing:
+        if not source.skip_missing:
             raise ArtcapError(f"{summary}; fix or remove them, or pass --skip-missing")
         log.warning("%s; skipped them (--skip-missing)", summary)
         ids = [i for i in ids if data.paths[i] not in failures]

@@ -179,9 +179,10 @@ class EncoderSpec:
 
     @classmethod
     def from_train_config(cls, config) -> "EncoderSpec":
-        if config.encoder_weights in ("imagenet", "random"):
-            return cls(config.encoder, config.encoder_weights, config.image_size or None)
-        return cls(config.encoder, "file", config.image_size or None, config.encoder_weights)
+        encoder = config.encoder  # the training config's [encoder] table
+        if encoder.weights in ("imagenet", "random"):
+            return cls(encoder.name, encoder.weights, encoder.image_size or None)
+        return cls(encoder.name, "file", encoder.image_size or None, encoder.weights)
 
     @classmethod
     def from_dict(cls, values: dict) -> "EncoderSpec":

@@ -46,7 +46,7 @@ from .coherence import DEFECTS, coherence_flags
 from .decode import DecodingConfig
 from .evaluate_emotion import emotion_evaluation, render_emotion_markdown
 from .features import FeatureView
-from .config import TrainConfig
+from .config import config_from
 from .data import SPLIT_SEED, read_annotations, references
 from .errors import ArtcapError
 from .io import atomic_write_json, atomic_write_text
@@ -106,9 +106,10 @@ def load_evaluation_set(captioner: Captioner, data: str | Path, images: str | Pa
     model_path = captioner.folder.path
     encoder = captioner.folder.encoder_spec
     preset = captioner.config.preset
-    config = TrainConfig(data=str(data), images=str(images), preset=preset, encoder=encoder.name,
-                         encoder_weights=encoder.weights_argument(model_path), image_size=encoder.image_size or 0,
-                         feature_cache=feature_cache, skip_missing=skip_missing, num_workers=0)
+    config = config_from({"data.captions": str(data), "data.images": str(images), "data.preset": preset,
+                          "encoder.name": encoder.name, "encoder.weights": encoder.weights_argument(model_path),
+                          "encoder.image_size": encoder.image_size or 0, "encoder.feature_cache": feature_cache,
+                          "data.skip_missing": skip_missing, "encoder.num_workers": 0}, str(model_path))
 
     annotations = read_annotations(data, images, skip_missing=skip_missing)  # read once, used for both
     splits, source = _splits_for(model_path)

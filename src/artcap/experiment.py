@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .config import TrainConfig, load_config
@@ -59,7 +58,7 @@ def train_point(config: TrainConfig, steps: int, epochs: int, out: Path, progres
     if is_finished(run, epochs):
         log.info("%s: finished (%d epochs), skipped", run, epochs)
         return run, "skipped"
-    cfg = replace(config, steps_per_epoch=steps, epochs=epochs, out=str(run))
+    cfg = config.replaced({"optim.steps_per_epoch": steps, "optim.epochs": epochs, "run.out": str(run)})
     resume = (run / "checkpoint.pt").is_file()
     log.info("%s: %s (%d steps x %d epochs)", run, "resuming" if resume else "training", steps, epochs)
     train(cfg, resume=resume, progress=progress)
@@ -77,9 +76,9 @@ def evaluate_point(run: Path, config: TrainConfig, with_meteor: bool, progress: 
             return json.loads(scores_path.read_text())
         except ValueError:
             pass
-    return evaluate(run, config.data, config.images, split="test", with_meteor=with_meteor,
-                    out_dir=run / "evaluation", feature_cache=config.feature_cache,
-                    skip_missing=config.skip_missing, progress=progress)
+    return evaluate(run, config.data.captions, config.data.images, split="test", with_meteor=with_meteor,
+                    out_dir=run / "evaluation", feature_cache=config.encoder.feature_cache,
+                    skip_missing=config.data.skip_missing, progress=progress)
 
 
 def _row(steps: int, history: list[dict], scores: dict) -> dict:
@@ -212,10 +211,10 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a preset scaled to artemis-mini that finishes in under 20 minutes on 2 CPU cores")
     p.add_argument("--config", type=Path, default=None, help="TOML training config (see configs/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
-    p.add_argument("--data", default=None, help="ArtEmis CSV (config key: data)")
-    p.add_argument("--images", default=None, help="image folder (config key: images)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
+                   help="override a config setting (repeatable), e.g. --set decoder.hidden_dim=512")
+    p.add_argument("--data", default=None, help="ArtEmis CSV (config key: data.captions)")
+    p.add_argument("--images", default=None, help="image folder (config key: data.images)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR in the evaluations")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the runs and the report")
     p.set_defaults(func=run_experiment)
@@ -226,11 +225,11 @@ def run_experiment(args) -> int:
     grid = _parse_grid(args.grid) if args.grid is not None else preset["grid"]
     epochs = args.epochs if args.epochs is not None else preset["epochs"]
     overrides = list(args.overrides)
-    for key in ("data", "images"):
-        if getattr(args, key):
-            overrides.append(f"{key}={getattr(args, key)}")
+    for flag, key in (("data", "data.captions"), ("images", "data.images")):
+        if getattr(args, flag):
+            overrides.append(f"{key}={getattr(args, flag)}")
     if args.quick:
-        overrides = ["num_workers=0", *overrides]
+        overrides = ["encoder.num_workers=0", *overrides]
     config = load_config(args.config, overrides)
     results = steps_per_epoch_experiment(config, grid, epochs, args.out, with_meteor=not args.no_meteor,
                                          progress=not getattr(args, "quiet", False))

@@ -1,7 +1,7 @@
-"""Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward: `objective = "scst"`.
+"""Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward: `[optim] objective = "scst"`.
 
 Each step, for every caption row of the batch (an image, and its emotion for an emotion-grounded decoder):
-1. sample `scst_samples` captions from the decoder (multinomial over `step`'s next-word distribution, no
+1. sample `scst.samples` captions from the decoder (multinomial over `step`'s next-word distribution, no
    gradient, <pad>/<bos>/<unk> never drawn, <eos> forced after max_len words, as decode.py does);
 2. reward each by CIDEr-D against the image's training references, <eos> included (artcap.cider), minus
    `grounding_weight` x CIDEr-D against the references of a random other training painting (the grounding
@@ -77,7 +77,7 @@ class ScstLoss:
     def __init__(self, cider: CiderD, vocab: Vocabulary, max_len: int, samples: int = 5,
                  grounding_weight: float = 0.0):
         if samples < 2:
-            raise ArtcapError(f"scst_samples must be at least 2 (the baseline is the other samples' mean), got {samples}")
+            raise ArtcapError(f"scst.samples must be at least 2 (the baseline is the other samples' mean), got {samples}")
         if grounding_weight and len(cider) < 2:
             raise ArtcapError("the grounding reward needs at least 2 training paintings to compare with")
         self.cider, self.vocab, self.max_len = cider, vocab, max_len

@@ -62,12 +62,13 @@ def resolve_device(name: str) -> torch.device:
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     """Linear warmup to `lr`, then constant or cosine decay to `min_lr` at the last step (nanoGPT's get_lr)."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.lr_schedule == "constant":
-        return config.lr
-    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
-    return config.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - config.min_lr)
+    optim = config.optim
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    if optim.lr_schedule == "constant":
+        return optim.lr
+    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+    return optim.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (optim.lr - optim.min_lr)
 
 
 def epoch_batches(n: int, batch_size: int, steps: int, epoch: int, seed: int) -> list[np.ndarray]:
@@ -186,34 +187,34 @@ class RunState:
 
 def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
     """A fresh decoder, or (init_from) the decoder of a model folder, whose vocabulary the corpus then uses."""
-    if config.init_from:
-        vocab, decoder = load_decoder(config.init_from)
-        if decoder.config.feature_dim != corpus.features.dim or decoder.config.kind != config.decoder:
-            raise ArtcapError(f"init_from {config.init_from}: its decoder ({decoder.config.kind}, "
+    init_from = config.run.init_from
+    if init_from:
+        vocab, decoder = load_decoder(init_from)
+        if decoder.config.feature_dim != corpus.features.dim or decoder.config.kind != config.decoder.kind:
+            raise ArtcapError(f"run.init_from {init_from}: its decoder ({decoder.config.kind}, "
                               f"{decoder.config.feature_dim}-d features) does not fit this config "
-                              f"({config.decoder}, {corpus.features.dim}-d); use the same decoder and encoder")
-        if (decoder.config.num_emotions > 0) != config.emotion_grounded:
-            raise ArtcapError(f"init_from {config.init_from}: its decoder is {'' if decoder.config.num_emotions else 'not '}"
-                              f"emotion-grounded; set emotion_grounded = "
+                              f"({config.decoder.kind}, {corpus.features.dim}-d); use the same decoder and encoder")
+        if (decoder.config.num_emotions > 0) != config.emotion.grounded:
+            raise ArtcapError(f"run.init_from {init_from}: its decoder is {'' if decoder.config.num_emotions else 'not '}"
+                              f"emotion-grounded; set emotion.grounded = "
                               f"{'true' if decoder.config.num_emotions else 'false'} to fine-tune it")
         corpus.data.vocab = vocab
         return decoder.train()
-    emotions = 9 if config.emotion_grounded else 0
-    return create_decoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim, config.embed_dim,
-                                        config.hidden_dim, config.dropout, kind=config.decoder,
-                                        num_emotions=emotions, emotion_dim=config.emotion_dim,
-                                        emotion_in_output=config.emotion_in_output))
+    emotions = 9 if config.emotion.grounded else 0
+    return create_decoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim, config.decoder,
+                                        num_emotions=emotions, emotion_dim=config.emotion.dim,
+                                        emotion_in_output=config.emotion.in_output))
 
 
 MIN_DISTINCT = 0.6  # select_by = "cider_distinct": the share of distinct val captions an epoch must reach
 
 
 def _selection_score(config: TrainConfig, record: dict) -> float | None:
-    if config.select_by == "val_loss":
+    if config.optim.select_by == "val_loss":
         return -record["val_loss"] if record["val_loss"] is not None else None
-    if config.select_by == "cider_distinct":
+    if config.optim.select_by == "cider_distinct":
         return _cider_distinct(record)
-    return record.get(config.select_by)
+    return record.get(config.optim.select_by)
 
 
 def _cider_distinct(record: dict) -> float | None:
@@ -226,31 +227,31 @@ def _cider_distinct(record: dict) -> float | None:
 
 
 def objective_loss(config: TrainConfig, corpus: Corpus, max_len: int) -> LossFn:
-    """The loss `config.objective` names: teacher-forced cross-entropy, or self-critical training (artcap.scst)
+    """The loss `config.optim.objective` names: teacher-forced cross-entropy, or self-critical training (artcap.scst)
     rewarded by CIDEr-D against the training references (call after build_decoder: init_from sets the vocabulary)."""
-    if config.objective == "scst":
+    if config.optim.objective == "scst":
         from .scst import ScstLoss
 
-        return ScstLoss.from_corpus(corpus, max_len, config.scst_samples, config.grounding_weight)
+        return ScstLoss.from_corpus(corpus, max_len, config.scst.samples, config.scst.grounding_weight)
     return cross_entropy_loss
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           loss_fn: LossFn | None = None) -> Path:
-    """Train (or resume) the run in `config.out`; returns the run folder. `loss_fn` None: the loss
-    `config.objective` names (objective_loss)."""
+    """Train (or resume) the run in `config.run.out`; returns the run folder. `loss_fn` None: the loss
+    `config.optim.objective` names (objective_loss)."""
     rank, world = _distributed()
-    device = resolve_device(config.device)
+    device = resolve_device(config.run.device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    run = Path(config.out)
+    run = Path(config.run.out)
     checkpoint_path = run / "checkpoint.pt"
     if not resume and checkpoint_path.exists():
         raise ArtcapError(f"{run}: a run already exists there; continue it with --resume {run}, "
                           f"or choose another folder with --set out=...")
-    if config.batch_size % world:
-        raise ArtcapError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+    if config.optim.batch_size % world:
+        raise ArtcapError(f"batch_size {config.optim.batch_size} must be divisible by the {world} processes")
 
     splits = read_splits(run / "splits.json") if resume and (run / "splits.json").exists() else None
     # Rank 0 extracts features first; the others then find them in the cache.
@@ -261,12 +262,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if rank != 0:
         corpus = load_corpus(config, splits, device, progress=False)
     _check_splits(corpus)
-    max_len = config.max_len or corpus.data.max_len
+    max_len = config.max_len(corpus.data.max_len)
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.run.seed)
     model = build_decoder(config, corpus).to(device)
     loss_fn = loss_fn or objective_loss(config, corpus, max_len)
-    state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.lr))
+    state = RunState(model, torch.optim.Adam(model.parameters(), lr=config.optim.lr))
     if resume and checkpoint_path.exists():
         state.restore(load_checkpoint(checkpoint_path))
         if rank == 0:
@@ -279,15 +280,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
     train_table = caption_table(corpus, "train", max_len)
     val_table = caption_table(corpus, "val", max_len)
-    if config.emotion_grounded and bool((train_table.emotions < 0).any()):
-        raise ArtcapError(f"{config.data}: emotion_grounded needs an emotion for every caption (ArtEmis data); "
+    if config.emotion.grounded and bool((train_table.emotions < 0).any()):
+        raise ArtcapError(f"{config.data.captions}: emotion.grounded needs an emotion for every caption (ArtEmis data); "
                           f"this data has captions without one")
-    for epoch in range(state.epoch, config.epochs):
+    for epoch in range(state.epoch, config.optim.epochs):
         _train_epoch(config, state, trainable, loss_fn, train_table, corpus.features, device, rank, world, progress,
                      checkpoint_path)
         record = state.history[-1]
         record["val_loss"] = evaluate_loss(model, val_table, corpus.features, device)
-        if config.select_by != "val_loss" or config.objective != "xe":  # SCST: watch for collapse every epoch
+        if config.optim.select_by != "val_loss" or config.optim.objective != "xe":  # SCST: watch for collapse every epoch
             record.update(validation_scores(model, corpus, max_len, device))
         if rank == 0:
             _end_epoch(config, state, record, run, corpus, max_len)
@@ -299,7 +300,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         from .plots import plot_losses
 
         plot_losses({run.name: state.history}, run / "loss.png")
-        if config.emotion_head or config.matcher:
+        if config.emotion.head or config.run.matcher:
             add_image_extras(config, corpus, run / "model", device, progress)
     if dist.is_initialized():
         dist.barrier()
@@ -310,17 +311,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 def add_image_extras(config: TrainConfig, corpus: Corpus, model_dir: Path, device: torch.device,
                      progress: bool) -> None:
     """What reads the training paintings' pooled features, shipped in the model folder after the decoder's last
-    export (that rewrites config.json): the image -> emotion classifier with its text judge (`emotion_head`), the
-    image-caption matcher that reranks the beam (`matcher`)."""
+    export (that rewrites config.json): the image -> emotion classifier with its text judge (`emotion.head`), the
+    image-caption matcher that reranks the beam (`run.matcher`)."""
     from .features import FeatureSpec
 
     pooled = corpus
     if len(corpus.features.row_shape) > 1:  # an attention decoder's grid: these read pooled vectors
         pooled = load_corpus(config, corpus.data.splits, device, progress, annotations=corpus.annotations,
                              spec=FeatureSpec("pooled"))
-    if config.emotion_head:
+    if config.emotion.head:
         add_emotion_head(pooled, model_dir)
-    if config.matcher:
+    if config.run.matcher:
         from .rerank import matcher_for, save_matcher
 
         save_matcher(model_dir, matcher_for(pooled))
@@ -360,28 +361,28 @@ def _train_epoch(config: TrainConfig, state: RunState, trainable: torch.nn.Modul
     if len(table) == 0:
         raise ArtcapError("the training split has no captions")
     epoch = state.epoch
-    batches = epoch_batches(len(table), config.batch_size, config.steps_per_epoch, epoch, config.seed)
-    total_steps = config.epochs * len(batches)
+    batches = epoch_batches(len(table), config.optim.batch_size, config.optim.steps_per_epoch, epoch, config.run.seed)
+    total_steps = config.optim.epochs * len(batches)
     first = state.step
     loss_sum, token_count = state.partial
     tokens_before = token_count  # counted by an earlier (interrupted) process
-    torch.manual_seed(config.seed * 100_003 + epoch * 1009 + first * 7 + rank)  # dropout, reproducibly
+    torch.manual_seed(config.run.seed * 100_003 + epoch * 1009 + first * 7 + rank)  # dropout, reproducibly
     trainable.train()
-    use_amp = config.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    use_amp = config.run.amp and device.type == "cuda" and torch.cuda.is_bf16_supported()
     started = last_save = time.perf_counter()
-    bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{config.epochs}", unit="step",
+    bar = tqdm(total=len(batches), initial=first, desc=f"epoch {epoch + 1}/{config.optim.epochs}", unit="step",
                disable=not progress or rank != 0, dynamic_ncols=True)
     for step in range(first, len(batches)):
         lr = learning_rate(config, epoch * len(batches) + step, total_steps)
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            batch = _batch(table, batches[step][rank::world], features, device, config.emotion_grounded)
+            batch = _batch(table, batches[step][rank::world], features, device, config.emotion.grounded)
             loss, n = loss_fn(trainable, batch)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(state.model.parameters(), config.optim.grad_clip)
         state.optimizer.step()
         loss_sum, token_count = loss_sum + loss.item() * n, token_count + n
         bar.update(1)
@@ -389,8 +390,8 @@ def _train_epoch(config: TrainConfig, state: RunState, trainable: torch.nn.Modul
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.set_postfix(loss=f"{loss_sum / max(token_count, 1):.3f}", lr=f"{lr:.2e}",
                             tok_s=f"{(token_count - tokens_before) * world / elapsed:,.0f}")
-        due = (config.checkpoint_every and (step + 1) % config.checkpoint_every == 0) or (
-            config.checkpoint_minutes and time.perf_counter() - last_save >= 60 * config.checkpoint_minutes)
+        due = (config.run.checkpoint_every and (step + 1) % config.run.checkpoint_every == 0) or (
+            config.run.checkpoint_minutes and time.perf_counter() - last_save >= 60 * config.run.checkpoint_minutes)
         if due and step + 1 < len(batches) and rank == 0:
             state.step, state.partial = step + 1, (loss_sum, token_count)
             state.save(checkpoint_path)

@@ -1,7 +1,8 @@
 """The decoder interface, the registry and the base config (timm's layout: one module per kind).
 
-Every decoder kind is an `nn.Module` registered with `@register_decoder("<kind>")` and built from a
-`DecoderConfig` by `create_decoder(config)`. Training (`caption_loss`) and decoding (decode.py) use
+Every decoder kind is an `nn.Module` registered with `@register_decoder("<kind>", settings=...)` and built
+from a `DecoderConfig` by `create_decoder(config)`; its settings (the `[decoder]` table of a training
+config) are a `DecoderSettings` subclass declared next to it. Training (`caption_loss`) and decoding (decode.py) use
 only the interface below, so a new kind is one new file plus one registry line in decoders/__init__.py.
 The interface, as a Protocol (`Decoder`):
 
@@ -32,33 +33,77 @@ mostly ignored by beam search (steerability 0.17 on val), a direct path lets an 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Literal, Protocol, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Literal, Mapping, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..data import EMOTIONS
-from ..errors import ArtcapError, check_known_keys
+from ..errors import ArtcapError
+from ..settings import check as check_settings, checked_value, field_type, setting, spec_of
 
-__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "EmotionNet", "MergeDecoder", "caption_loss", "create_decoder",
-           "decoder_kinds", "decoder_has_attention", "emotion_ids", "register_decoder"]
+__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "DecoderSettings", "EmotionNet", "MergeDecoder", "caption_loss", "create_decoder",
+           "decoder_kinds", "decoder_has_attention", "decoder_settings", "emotion_ids", "register_decoder",
+           "settings_class"]
 
 Memory = tuple[torch.Tensor, ...]
 State = tuple[torch.Tensor, ...] | None
 
 
+MAX_WIDTH = 16_384  # any layer's width (as a model folder may hold: model_folder.MAX_WIDTH)
+
+
+@dataclass
+class DecoderSettings:
+    """The `[decoder]` table of a training config: the kind and the sizes every kind has. A kind with
+    settings of its own subclasses this in its module and names the subclass when it registers
+    (`@register_decoder("sat", settings=SatSettings)`); each field's range and help live here, once."""
+
+    kind: str = setting("merge", "the decoder kind (a module in decoders/)", choices=lambda: decoder_kinds())
+    embed_dim: int = setting(256, "word embedding width", low=1, high=MAX_WIDTH)
+    hidden_dim: int = setting(256, "LSTM state width", low=1, high=MAX_WIDTH)
+    dropout: float = setting(0.5, "dropout on the decoder's inputs", low=0, high=0.95)
+
+    # fields that choose the image features rather than the decoder's layers: not saved with the decoder
+    feature_fields: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        check_settings(self, prefix="decoder.")
+        wanted = settings_class(self.kind)
+        if type(self) is not wanted:
+            raise ArtcapError(f"decoder.kind = {self.kind!r} is configured by {wanted.__name__}, not "
+                              f"{type(self).__name__}; build it with decoder_settings({{'kind': {self.kind!r}}})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def decoder_settings(values: Mapping[str, Any], source: str = "") -> DecoderSettings:
+    """The settings of the kind `values["kind"]` names (default merge) from values or text (TOML, `--set`):
+    an unknown kind or key, a wrong type or a value out of range is one line naming `decoder.<field>`."""
+    kind = values.get("kind", "merge")
+    if kind not in _DECODERS:
+        raise ArtcapError(f"{source}: decoder.kind must be one of {', '.join(decoder_kinds())}, got {kind!r}")
+    cls = settings_class(kind)
+    known = {f.name: f for f in fields(cls)}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ArtcapError(f"{source}: decoder.{unknown[0]} is not a setting of decoder kind {kind!r}; "
+                          f"its keys: {', '.join(known)}")
+    return cls(**{k: checked_value(field_type(cls, known[k]), spec_of(known[k]), f"decoder.{k}", v, source)
+                  for k, v in values.items()})
+
+
 @dataclass
 class DecoderConfig:
+    """What builds a decoder: its kind's settings (the training config's `[decoder]` table) and what the
+    data and the emotion table decide. A setting reads through: `config.hidden_dim`, `config.kind`."""
+
     vocab_size: int
     feature_dim: int  # 2048 for Xception, 1280 for EfficientNet-Lite
-    embed_dim: int = 256
-    hidden_dim: int = 256
-    dropout: float = 0.5
-    kind: str = "merge"  # a registered decoder: "merge" (pooled features) or "sat" (attention over the grid)
-    attention_dim: int = 256  # sat: size of the additive attention's hidden layer
-    alpha_c: float = 1.0  # sat: weight of the doubly stochastic attention regulariser (Xu et al. use 1)
+    settings: DecoderSettings = field(default_factory=DecoderSettings)
     num_emotions: int = 0  # 0 = not emotion-grounded; 9 = ArtEmis' emotions
     emotion_dim: int = 9  # width of the emotion features (the ArtEmis speaker's Linear(9, 9) + ReLU)
     emotion_in_output: bool = False  # also add the emotion features to the word-choosing layer's input
@@ -66,26 +111,50 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         checks = [("vocab_size", self.vocab_size >= 5, "at least 5 (4 special tokens and a word)"),
                   ("feature_dim", self.feature_dim >= 1, "positive"),
-                  ("embed_dim", self.embed_dim >= 1, "positive"),
-                  ("hidden_dim", self.hidden_dim >= 1, "positive"),
-                  ("dropout", 0 <= self.dropout < 1, "from 0 to below 1"),
-                  ("kind", self.kind in _DECODERS, f"one of {', '.join(decoder_kinds())}"),
-                  ("attention_dim", self.attention_dim >= 1, "positive"),
-                  ("alpha_c", self.alpha_c >= 0, "0 or more"),
+                  ("settings", isinstance(self.settings, DecoderSettings), "a DecoderSettings"),
                   ("num_emotions", self.num_emotions >= 0, "0 (not grounded) or more"),
                   ("emotion_dim", self.emotion_dim >= 1, "positive")]
         for name, ok, allowed in checks:
             if not ok:
                 raise ArtcapError(f"decoder {name} must be {allowed}, got {getattr(self, name)!r}")
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "settings":  # copy/pickle probe before __init__ ran
+            raise AttributeError(name)
+        return getattr(self.settings, name)
+
+    @classmethod
+    def of(cls, vocab_size: int, feature_dim: int, *, num_emotions: int = 0, emotion_dim: int = 9,
+           emotion_in_output: bool = False, **decoder: Any) -> "DecoderConfig":
+        """From keyword settings: `DecoderConfig.of(V, C, kind="sat", attention_dim=64)`."""
+        return cls(vocab_size, feature_dim, decoder_settings(decoder, "decoder"), num_emotions, emotion_dim,
+                   emotion_in_output)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        own = {k: v for k, v in self.settings.to_dict().items() if k not in self.settings.feature_fields}
+        return {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, **own,
+                "num_emotions": self.num_emotions, "emotion_dim": self.emotion_dim,
+                "emotion_in_output": self.emotion_in_output}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> "DecoderConfig":
-        """From a saved config; older configs lack the newer fields and get their defaults ("merge")."""
-        check_known_keys(cls, values, source, "decoder")
-        return cls(**values)
+        """From a saved config; older configs lack the newer fields and get their defaults ("merge"). Saved
+        configs of merge models also hold sat's attention fields (one config once served every kind): dropped."""
+        model_keys = ("vocab_size", "feature_dim", "num_emotions", "emotion_dim", "emotion_in_output")
+        kind = values.get("kind", "merge")
+        if kind not in _DECODERS:
+            raise ArtcapError(f"{source}: decoder.kind must be one of {', '.join(decoder_kinds())}, got {kind!r}")
+        own = {f.name for f in fields(settings_class(kind))}
+        other_kinds = {f.name for k in _DECODERS for f in fields(settings_class(k))} - own
+        unknown = sorted(set(values) - own - other_kinds - set(model_keys))
+        if unknown:
+            raise ArtcapError(f"{source}: unknown decoder setting(s) {', '.join(unknown)}; "
+                              f"known: {', '.join(sorted(own | set(model_keys)))}")
+        missing = [k for k in model_keys[:2] if k not in values]
+        if missing:
+            raise ArtcapError(f"{source}: decoder.{missing[0]} is missing")
+        return cls.of(**{k: values[k] for k in model_keys if k in values},
+                      **{k: v for k, v in values.items() if k in own})
 
 
 class Decoder(Protocol):
@@ -107,19 +176,29 @@ class Decoder(Protocol):
 
 
 _DECODERS: dict[str, Callable[[DecoderConfig], nn.Module]] = {}
+_SETTINGS: dict[str, type[DecoderSettings]] = {}
 
 
-def register_decoder(kind: str):
-    """Class decorator: `@register_decoder("sat")` makes `DecoderConfig(kind="sat")` buildable."""
+def register_decoder(kind: str, settings: type[DecoderSettings] = DecoderSettings):
+    """Class decorator: `@register_decoder("sat", settings=SatSettings)` makes `kind = "sat"` buildable and
+    its `[decoder]` table read by `settings` (a DecoderSettings subclass with the kind's own fields)."""
     def wrap(cls):
         if kind in _DECODERS:
             raise ValueError(f"decoder kind {kind!r} is registered twice")
         if not isinstance(getattr(cls, "has_attention", None), bool):
             raise ValueError(f"decoder kind {kind!r} must declare has_attention = True or False")
-        _DECODERS[kind] = cls
+        if not (isinstance(settings, type) and issubclass(settings, DecoderSettings)):
+            raise ValueError(f"decoder kind {kind!r}: settings must be a DecoderSettings subclass")
+        _DECODERS[kind], _SETTINGS[kind] = cls, settings
         cls.kind = kind
         return cls
     return wrap
+
+
+def settings_class(kind: str) -> type[DecoderSettings]:
+    """The dataclass of a decoder kind's `[decoder]` table."""
+    decoder_feature_kind(kind)  # the one-line error for an unknown kind
+    return _SETTINGS[kind]
 
 
 def decoder_kinds() -> list[str]:

@@ -18,11 +18,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
-                   register_decoder)
+from dataclasses import dataclass
+from typing import ClassVar
+
+from ..settings import setting
+from .base import (MAX_WIDTH, DecoderConfig, DecoderSettings, EmotionNet, Memory, State, check_features,
+                   emotion_features, emotion_output_layer, register_decoder)
 
 
-@register_decoder("sat")
+@dataclass
+class SatSettings(DecoderSettings):
+    """The `[decoder]` table of `kind = "sat"`: the base sizes plus the attention's."""
+
+    attention_dim: int = setting(256, "sat: size of the additive attention's hidden layer", low=1, high=MAX_WIDTH)
+    alpha_c: float = setting(1.0, "sat: weight of the doubly stochastic attention regulariser (Xu et al. use 1)",
+                             low=0, high=1000)
+    grid_size: int = setting(7, "sat: image features pooled to a grid_size x grid_size grid", low=1, high=32)
+
+    feature_fields: ClassVar[tuple[str, ...]] = ("grid_size",)
+
+
+@register_decoder("sat", settings=SatSettings)
 class ShowAttendTell(nn.Module):
     feature_kind = "grid"
     has_attention = True
