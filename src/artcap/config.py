@@ -288,8 +288,8 @@ def _items(raw: Mapping[str, Any], source: str, dotted: bool = False, notes: lis
         elif not dot and table in SECTIONS:
             raise ArtcapError(f"{source}: {key} must be a [{key}] table, got {value!r}")
         else:
-            raise ArtcapError(f"{source}: unknown {'table' if not dot else 'key'} {table if dot else key!r}; "
-                              f"tables: {', '.join(SECTIONS)} (e.g. {'--set optim.lr=0.001' if dotted else '[optim]'})")
+            what = "table" if dot or isinstance(value, Mapping) else "key (neither a table nor an old flat key)"
+            raise ArtcapError(f"{source}: unknown {what} {table!r}; tables: {', '.join(SECTIONS)}")
     if flat and notes is not None:
         notes.append(f"{source} uses the old flat keys (read as tables; convert a file with "
                      f"`artcap config migrate OLD.toml > NEW.toml`, write --set as table.key=value)")
