@@ -33,7 +33,7 @@ mostly ignored by beam search (steerability 0.17 on val), a direct path lets an 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable, ClassVar, Literal, Mapping, Protocol, Sequence
 
 import torch
@@ -96,17 +96,27 @@ def decoder_settings(values: Mapping[str, Any], source: str = "") -> DecoderSett
                   for k, v in values.items()})
 
 
-@dataclass
+@dataclass(init=False)
 class DecoderConfig:
     """What builds a decoder: its kind's settings (the training config's `[decoder]` table) and what the
-    data and the emotion table decide. A setting reads through: `config.hidden_dim`, `config.kind`."""
+    data and the emotion table decide. A setting reads through: `config.hidden_dim`, `config.kind`.
+    `DecoderConfig(V, C, kind="sat", attention_dim=64)` builds the settings from keywords."""
 
     vocab_size: int
     feature_dim: int  # 2048 for Xception, 1280 for EfficientNet-Lite
-    settings: DecoderSettings = field(default_factory=DecoderSettings)
+    settings: DecoderSettings
     num_emotions: int = 0  # 0 = not emotion-grounded; 9 = ArtEmis' emotions
     emotion_dim: int = 9  # width of the emotion features (the ArtEmis speaker's Linear(9, 9) + ReLU)
     emotion_in_output: bool = False  # also add the emotion features to the word-choosing layer's input
+
+    def __init__(self, vocab_size: int, feature_dim: int, settings: DecoderSettings | None = None,
+                 num_emotions: int = 0, emotion_dim: int = 9, emotion_in_output: bool = False, **decoder: Any):
+        if settings is not None and decoder:
+            raise ArtcapError(f"decoder: give the settings or {', '.join(decoder)}, not both")
+        self.vocab_size, self.feature_dim = vocab_size, feature_dim
+        self.settings = settings if settings is not None else decoder_settings(decoder, "decoder")
+        self.num_emotions, self.emotion_dim, self.emotion_in_output = num_emotions, emotion_dim, emotion_in_output
+        self.__post_init__()
 
     def __post_init__(self) -> None:
         checks = [("vocab_size", self.vocab_size >= 5, "at least 5 (4 special tokens and a word)"),
@@ -124,11 +134,9 @@ class DecoderConfig:
         return getattr(self.settings, name)
 
     @classmethod
-    def of(cls, vocab_size: int, feature_dim: int, *, num_emotions: int = 0, emotion_dim: int = 9,
-           emotion_in_output: bool = False, **decoder: Any) -> "DecoderConfig":
+    def of(cls, vocab_size: int, feature_dim: int, **values: Any) -> "DecoderConfig":
         """From keyword settings: `DecoderConfig.of(V, C, kind="sat", attention_dim=64)`."""
-        return cls(vocab_size, feature_dim, decoder_settings(decoder, "decoder"), num_emotions, emotion_dim,
-                   emotion_in_output)
+        return cls(vocab_size, feature_dim, **values)
 
     def to_dict(self) -> dict[str, Any]:
         own = {k: v for k, v in self.settings.to_dict().items() if k not in self.settings.feature_fields}
