@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from artcap.config import FLAT_KEYS, SECTIONS, TrainConfig, config_from, load_config, migrate_text
+from artcap.config import FLAT_KEYS, SECTIONS, config_from, load_config, migrate_text
 from artcap.decoders import (DecoderSettings, SatSettings, check_features, decoder_kinds, emotion_features,
                              register_decoder)
 from artcap.errors import ArtcapError

@@ -112,7 +112,7 @@ def _last_wins(items):
     return list(seen.values())
 
 
-def _check(load, items, capsys):
+def _check(load, items, capsys, tmp_path):
     refused = [name for *_, wanted, name in items if wanted is None]
     try:
         config = load()
@@ -127,20 +127,10 @@ def _check(load, items, capsys):
             assert getattr(getattr(config, table), key) == wanted, (table, key)
         else:
             assert config.max_len(17) == wanted
-    assert load_config_text(config.to_toml(), capsys) == config  # the saved form reads back the same
-
-
-def load_config_text(text, capsys, tmp=[]):
-    path = tmp[0] / "saved.toml"
-    path.write_text(text, encoding="utf-8")
-    config = load_config(path)
-    assert capsys.readouterr().err == ""  # the saved form is the nested one: no migration note
-    return config
-
-
-@pytest.fixture(autouse=True)
-def _scratch(tmp_path):
-    load_config_text.__defaults__[0][:] = [tmp_path]
+    capsys.readouterr()
+    config.save(tmp_path / "saved.toml")
+    assert load_config(tmp_path / "saved.toml") == config  # the saved form reads back the same...
+    assert capsys.readouterr().err == ""  # ...and is the nested one: no migration note
 
 
 HYP = dict(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -155,14 +145,15 @@ def test_toml_tables_load_exactly_or_refuse_in_one_line(items, tmp_path, capsys)
         tables.setdefault(table, []).append(f"{key} = {_toml_value(value)}")
     path = tmp_path / "c.toml"
     path.write_text("".join(f"[{t}]\n" + "\n".join(lines) + "\n\n" for t, lines in tables.items()), encoding="utf-8")
-    _check(lambda: load_config(path), items, capsys)
+    _check(lambda: load_config(path), items, capsys, tmp_path)
 
 
 @hsettings(**HYP)
 @given(items=entries(via_set=True))
-def test_set_overrides_load_exactly_or_refuse_in_one_line(items, capsys):
+def test_set_overrides_load_exactly_or_refuse_in_one_line(items, capsys, tmp_path):
     items = _last_wins(items)
-    _check(lambda: load_config(None, [f"{table}.{key}={text}" for table, key, text, *_ in items]), items, capsys)
+    _check(lambda: load_config(None, [f"{table}.{key}={text}" for table, key, text, *_ in items]), items, capsys,
+           tmp_path)
 
 
 @hsettings(**HYP)
@@ -195,7 +186,7 @@ ALL_FIELDS = [(table, name, kind) for kind in decoder_kinds() for table in SECTI
 @pytest.mark.parametrize("table, name, kind", ALL_FIELDS, ids=[f"{k}-{t}.{n}" for t, n, k in ALL_FIELDS])
 @hsettings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_every_setting_takes_its_range_and_refuses_the_rest(table, name, kind, data, capsys):
+def test_every_setting_takes_its_range_and_refuses_the_rest(table, name, kind, data, capsys, tmp_path):
     """Field by field: a value inside its Spec loads exactly (from TOML and from --set), one outside is one line."""
     field_kind, spec = _fields(table, kind)[name]
     via_set = data.draw(st.booleans())
@@ -208,10 +199,10 @@ def test_every_setting_takes_its_range_and_refuses_the_rest(table, name, kind, d
     items = [("decoder", "kind", kind, kind, "decoder.kind"), (table, name, value, wanted, f"{table}.{name}")]
     if via_set:
         items = [(t, k, _as_text(v), w, n) for t, k, v, w, n in items]
-        _check(lambda: load_config(None, [f"{t}.{k}={v}" for t, k, v, *_ in items]), items, capsys)
+        _check(lambda: load_config(None, [f"{t}.{k}={v}" for t, k, v, *_ in items]), items, capsys, tmp_path)
     else:
-        path = load_config_text.__defaults__[0][0] / "one.toml"
+        path = tmp_path / "one.toml"
         body = f"{name} = {_toml_value(value)}\n"
         path.write_text(f'[decoder]\nkind = "{kind}"\n' + (body if table == "decoder" else f"\n[{table}]\n{body}"),
                         encoding="utf-8")
-        _check(lambda: load_config(path), items, capsys)
+        _check(lambda: load_config(path), items, capsys, tmp_path)

@@ -338,7 +338,7 @@ def _drop_no_effect(cls: type, values: dict[str, tuple[Any, str]]) -> None:
     """Old flat configs wrote grid_size for every kind; it only ever did something for grid-reading ones."""
     own = {f.name for f in fields(cls)}
     for key in list(values):
-        if key not in own and key in _FLAT_KIND_ONLY and "flat key" in values[key][1]:
+        if key not in own and key in _FLAT_KIND_ONLY and values[key][1].endswith(f"(flat key {key})"):
             del values[key]
 
 
