@@ -246,9 +246,14 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         pairs[key.strip()] = value
     items = _merge(items, _items(pairs, "--set", dotted=True, notes=notes))
     config = build_config(items)
+    _say(notes)
+    return config
+
+
+def _say(notes: list[str]) -> None:
+    """The migration note: one line on stderr, after the config has loaded (a refused one says only why)."""
     if notes:
         print(f"artcap: {'; '.join(notes)}", file=sys.stderr)
-    return config
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -265,7 +270,10 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 def config_from(values: Mapping[str, Any], source: str = "config") -> TrainConfig:
     """A config from nested tables ({"data": {"captions": ...}}) or dotted keys ({"data.captions": ...})."""
-    return build_config(_items(values, source, dotted=True))
+    notes: list[str] = []
+    config = build_config(_items(values, source, dotted=True, notes=notes))
+    _say(notes)
+    return config
 
 
 def _items(raw: Mapping[str, Any], source: str, dotted: bool = False, notes: list[str] | None = None) -> Items:
@@ -286,7 +294,7 @@ def _items(raw: Mapping[str, Any], source: str, dotted: bool = False, notes: lis
                 table, _, name = target.partition(".")
                 items.setdefault(table, {})[name] = (value, f"{source} (flat key {key})")
         elif not dot and table in SECTIONS:
-            raise ArtcapError(f"{source}: {key} must be a [{key}] table, got {value!r}")
+            raise ArtcapError(f"{source}: {key} must be a [{key}] table, got {repr(value)[:40]}")
         else:
             what = "table" if dot or isinstance(value, Mapping) else "key (neither a table nor an old flat key)"
             raise ArtcapError(f"{source}: unknown {what} {table!r}; tables: {', '.join(SECTIONS)}")
