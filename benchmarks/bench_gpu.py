@@ -92,7 +92,7 @@ def bench_decoders(device: torch.device, quick: bool) -> None:
         for batch in ((8,) if quick else (64, 512)):
             for amp in (False, True):
                 torch.manual_seed(0)
-                model = create_decoder(DecoderConfig.of(vocab, channels, kind=kind)).to(device)
+                model = create_decoder(DecoderConfig(vocab, channels, kind=kind)).to(device)
                 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
                 shape = (batch, channels) if model.feature_kind == "pooled" else (batch, grid, channels)
                 features = torch.randn(shape, device=device)

@@ -34,7 +34,7 @@ def main() -> None:
     captions = caption_table(corpus, "train", corpus.data.max_len)
     table, rows = captions.tokens, captions.rows
     torch.manual_seed(0)
-    model = MergeDecoder(DecoderConfig.of(len(corpus.data.vocab), corpus.features.dim))
+    model = MergeDecoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
 

@@ -69,7 +69,7 @@ def make(kind: str, emotions: bool = False, seed: int = 0, **overrides) -> nn.Mo
     values = {**dict(embed_dim=8, hidden_dim=10, dropout=0.3, kind=kind,
                      num_emotions=len(EMOTIONS) if emotions else 0, emotion_dim=5),
               **({"attention_dim": 7} if "attention_dim" in own else {}), **overrides}
-    return create_decoder(DecoderConfig.of(len(VOCAB), FEATURE_DIM, **values)).eval()
+    return create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM, **values)).eval()
 
 
 def features_for(model: nn.Module, batch: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
@@ -103,7 +103,7 @@ GROUNDABLE = [k for k in KINDS if k != "toy-bag"]
 
 def test_registry_has_the_built_in_kinds_and_the_toy():
     assert {"merge", "sat", "toy-bag"} <= set(KINDS)
-    assert isinstance(create_decoder(DecoderConfig.of(len(VOCAB), FEATURE_DIM, kind="toy-bag")), BagOfWords)
+    assert isinstance(create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM, kind="toy-bag")), BagOfWords)
     assert isinstance(create_decoder(DecoderConfig(len(VOCAB), FEATURE_DIM)), MergeDecoder)  # merge by default
     with pytest.raises(ValueError, match="registered twice"):
         register_decoder("sat")(BagOfWords)

@@ -123,7 +123,7 @@ def test_sampled_words_stop_at_the_end_token():
 def _toy_decoder_and_batch(kind: str, emotions: int):
     torch.manual_seed(0)
     vocab = _toy_vocab()
-    decoder = create_decoder(DecoderConfig.of(len(vocab), 8, embed_dim=16, hidden_dim=16, dropout=0.5, kind=kind,
+    decoder = create_decoder(DecoderConfig(len(vocab), 8, embed_dim=16, hidden_dim=16, dropout=0.5, kind=kind,
                                               num_emotions=emotions))
     features = torch.randn(3, 8) if kind == "merge" else torch.randn(3, 4, 8)
     batch = Batch(features, torch.zeros(3, 5, dtype=torch.long), torch.tensor([0, 4, 8]) if emotions else None,

@@ -44,9 +44,9 @@ from ..data import EMOTIONS
 from ..errors import ArtcapError
 from ..settings import check as check_settings, checked_value, field_type, setting, spec_of
 
-__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "DecoderSettings", "EmotionNet", "MergeDecoder", "caption_loss", "create_decoder",
-           "decoder_kinds", "decoder_has_attention", "decoder_settings", "emotion_ids", "register_decoder",
-           "settings_class"]
+__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "DecoderSettings", "EmotionNet", "MergeDecoder", "caption_loss",
+           "create_decoder", "decoder_kinds", "decoder_has_attention", "decoder_settings", "emotion_ids",
+           "register_decoder", "settings_class"]
 
 Memory = tuple[torch.Tensor, ...]
 State = tuple[torch.Tensor, ...] | None
@@ -83,15 +83,14 @@ class DecoderSettings:
 def decoder_settings(values: Mapping[str, Any], source: str = "") -> DecoderSettings:
     """The settings of the kind `values["kind"]` names (default merge) from values or text (TOML, `--set`):
     an unknown kind or key, a wrong type or a value out of range is one line naming `decoder.<field>`."""
-    kind = values.get("kind", "merge")
+    kind, where = values.get("kind", "merge"), f"{source}: " if source else ""
     if kind not in _DECODERS:
-        raise ArtcapError(f"{source}: decoder.kind must be one of {', '.join(decoder_kinds())}, got {kind!r}")
+        raise ArtcapError(f"{where}decoder.kind must be one of {', '.join(decoder_kinds())}, got {kind!r}")
     cls = settings_class(kind)
     known = {f.name: f for f in fields(cls)}
     unknown = [k for k in values if k not in known]
     if unknown:
-        raise ArtcapError(f"{source}: decoder.{unknown[0]} is not a setting of decoder kind {kind!r}; "
-                          f"its keys: {', '.join(known)}")
+        raise ArtcapError(f"{where}unknown key decoder.{unknown[0]}; decoder kind {kind!r} keys: {', '.join(known)}")
     return cls(**{k: checked_value(field_type(cls, known[k]), spec_of(known[k]), f"decoder.{k}", v, source)
                   for k, v in values.items()})
 
@@ -114,7 +113,7 @@ class DecoderConfig:
         if settings is not None and decoder:
             raise ArtcapError(f"decoder: give the settings or {', '.join(decoder)}, not both")
         self.vocab_size, self.feature_dim = vocab_size, feature_dim
-        self.settings = settings if settings is not None else decoder_settings(decoder, "decoder")
+        self.settings = settings if settings is not None else decoder_settings(decoder)
         self.num_emotions, self.emotion_dim, self.emotion_in_output = num_emotions, emotion_dim, emotion_in_output
         self.__post_init__()
 
@@ -132,11 +131,6 @@ class DecoderConfig:
         if name.startswith("__") or name == "settings":  # copy/pickle probe before __init__ ran
             raise AttributeError(name)
         return getattr(self.settings, name)
-
-    @classmethod
-    def of(cls, vocab_size: int, feature_dim: int, **values: Any) -> "DecoderConfig":
-        """From keyword settings: `DecoderConfig.of(V, C, kind="sat", attention_dim=64)`."""
-        return cls(vocab_size, feature_dim, **values)
 
     def to_dict(self) -> dict[str, Any]:
         own = {k: v for k, v in self.settings.to_dict().items() if k not in self.settings.feature_fields}
@@ -161,8 +155,8 @@ class DecoderConfig:
         missing = [k for k in model_keys[:2] if k not in values]
         if missing:
             raise ArtcapError(f"{source}: decoder.{missing[0]} is missing")
-        return cls.of(**{k: values[k] for k in model_keys if k in values},
-                      **{k: v for k, v in values.items() if k in own})
+        settings = decoder_settings({k: v for k, v in values.items() if k in own}, source)
+        return cls(**{k: values[k] for k in model_keys if k in values}, settings=settings)
 
 
 class Decoder(Protocol):
