@@ -168,6 +168,11 @@ class TrainConfig:
         """A copy with dotted settings changed (`{"optim.epochs": 3}`), checked like `--set`."""
         return build_config(_merge(_as_items(self), _items(values, source or "replaced", dotted=True)))
 
+    def dotted(self) -> dict[str, Any]:
+        """Every setting by its dotted name (`{"optim.lr": 0.001, ...}`); decoding.max_len only when given."""
+        return {f"{table}.{key}": value for table, values in _as_items(self).items()
+                for key, (value, _) in values.items()}
+
     def to_toml(self) -> str:
         blocks = []
         for name in SECTIONS:

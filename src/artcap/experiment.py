@@ -129,7 +129,8 @@ def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int
         "grid": grid,
         "epochs": epochs,
         "meteor": with_meteor,
-        "config": {k: v for k, v in vars(config).items() if k not in ("out", "steps_per_epoch", "epochs")},
+        "config": {k: v for k, v in config.dotted().items()
+                   if k not in ("run.out", "optim.steps_per_epoch", "optim.epochs")},
         "actions": {str(k): v for k, v in actions.items()},
         "rows": [rows[s] for s in grid],
         "histories": {str(s): _history(out / f"steps-{s}")[:epochs] for s in grid},
@@ -148,10 +149,11 @@ def render_report(results: dict, out: Path) -> str:
     lines = [
         "# Steps per epoch: how much training per epoch does the merge decoder need?",
         "",
-        f"One run per grid point, {results['epochs']} epochs each, batch {c['batch_size']}, lr {c['lr']}, "
-        f"encoder `{c['encoder']}`, preset `{c['preset']}`, data `{c['data']}`. Every run is scored on the same "
-        f"{results['test_paintings']} held-out test paintings with `artcap evaluate` (COCO caption metrics on "
-        f"PTB tokens, all references per painting; the model's own decoding defaults, beam {c['beam']}).",
+        f"One run per grid point, {results['epochs']} epochs each, batch {c['optim.batch_size']}, lr "
+        f"{c['optim.lr']}, encoder `{c['encoder.name']}`, preset `{c['data.preset']}`, data `{c['data.captions']}`. "
+        f"Every run is scored on the same {results['test_paintings']} held-out test paintings with `artcap evaluate` "
+        f"(COCO caption metrics on PTB tokens, all references per painting; the model's own decoding defaults, "
+        f"beam {c['decoding.beam']}).",
         "",
         table,
         "s/epoch: mean wall-clock seconds per epoch on this machine; losses: cross-entropy per token "
