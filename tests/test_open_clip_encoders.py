@@ -194,7 +194,7 @@ def test_features_and_training_on_real_paintings_with_a_local_checkpoint(tiny_mo
     csv_path, images = artemis_subset
     cache, name = tmp_path / "features", "open_clip:artcap-tiny-vit"
     code = main(["-q", "features", "--data", str(csv_path), "--images", str(images), "--encoder", name,
-                 "--encoder-weights", str(vit_checkpoint), "--cache", str(cache), "--set", "decoder=sat"])
+                 "--encoder-weights", str(vit_checkpoint), "--cache", str(cache), "--set", "decoder.kind=sat"])
     assert code == 0
 
     encoder = create_encoder(name, weights=vit_checkpoint)
