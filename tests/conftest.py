@@ -45,13 +45,16 @@ def feature_cache_dir(tmp_path_factory):
 def tiny_config(artemis_subset, feature_cache_dir, out, **overrides):
     """A training config on the subset that runs in seconds. Overrides are dotted settings
     (`**{"decoder.kind": "sat"}`) or the old flat names (`epochs=2`), read as their dotted ones."""
-    from artcap.config import FLAT_KEYS, config_from
+    from artcap.config import FLAT_KEYS, config_from, flat_to_dotted
 
     csv_path, images = artemis_subset
     values = {"data.captions": str(csv_path), "data.images": str(images),
               "encoder.feature_cache": str(feature_cache_dir), "optim.epochs": 3, "optim.batch_size": 32,
               "run.out": str(out), "encoder.num_workers": 0, "decoder.embed_dim": 64, "decoder.hidden_dim": 64}
-    values.update({FLAT_KEYS.get(key, key): value for key, value in overrides.items()})
+    for key, value in overrides.items():
+        dotted = flat_to_dotted(key, value) if key in FLAT_KEYS else key
+        if dotted is not None:  # None: a flat 0 that meant "the data's", which the tree says by leaving it out
+            values[dotted] = value
     return config_from(values)
 
 
