@@ -236,6 +236,7 @@ no_repeat_ngram = 2
 max_word_repeats = 2
 emotion_guidance = 0.0
 rerank = false
+coherent = false
 max_len = 0
 """
 
