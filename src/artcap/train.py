@@ -249,7 +249,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     checkpoint_path = run / "checkpoint.pt"
     if not resume and checkpoint_path.exists():
         raise ArtcapError(f"{run}: a run already exists there; continue it with --resume {run}, "
-                          f"or choose another folder with --set out=...")
+                          f"or choose another folder with --set run.out=...")
     if config.optim.batch_size % world:
         raise ArtcapError(f"batch_size {config.optim.batch_size} must be divisible by the {world} processes")
 
