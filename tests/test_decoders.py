@@ -194,6 +194,28 @@ def test_aux_loss_is_the_doubly_stochastic_regulariser_for_sat_and_zero_for_merg
     assert float(aux) == pytest.approx(2.0 * float(((1 - attention_sum) ** 2).mean()), rel=1e-5)
 
 
+@settings(max_examples=25, deadline=None)
+@given(lengths=st.lists(st.integers(1, 7), min_size=1, max_size=6), grounded=st.booleans())
+def test_sat_teacher_forcing_over_captions_of_any_lengths_equals_stepping_each_word(lengths, grounded):
+    """Training runs each caption only for its own words (shorter ones drop out of the batch); its logits and
+    attention regulariser are what stepping every caption word by word gives."""
+    model = make("sat", emotions=grounded, alpha_c=1.5)
+    batch, steps = len(lengths), max(lengths)
+    tokens = random_tokens(batch, steps, seed=len(lengths))
+    mask = torch.arange(steps) < torch.tensor(lengths).unsqueeze(1)
+    tokens[~mask] = 0
+    feats, emotions = features_for(model, batch), random_emotions(batch) if grounded else None
+    with torch.no_grad():
+        logits, aux = model(feats, tokens, mask, emotions)
+        memory, state, stepped, attention_sum = model.init_memory(feats, emotions), None, [], torch.zeros(batch, GRID)
+        for t in range(steps):
+            step_logits, state, attention = model.step(memory, tokens[:, t], state)
+            stepped.append(step_logits)
+            attention_sum += attention * mask[:, t:t + 1]
+    torch.testing.assert_close(logits, torch.stack(stepped, dim=1)[mask], rtol=1e-5, atol=1e-5)
+    assert float(aux) == pytest.approx(1.5 * float(((1 - attention_sum) ** 2).mean()), rel=1e-5)
+
+
 def test_caption_loss_is_cross_entropy_plus_aux():
     model = make("sat", emotions=True)
     feats, emotions = features_for(model, 3), random_emotions(3)
