@@ -50,3 +50,31 @@ def test_experiment_trains_each_point_once_and_rebuilds_the_report(artemis_subse
     assert third["actions"] == {"2": "resumed"}
     history = json.loads((out / "steps-2" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2] and history[0] == first["histories"]["2"][0]
+
+
+@pytest.mark.slow
+def test_folds_cross_validate_each_point_on_disjoint_shares_of_the_training_paintings(artemis_subset,
+                                                                                      feature_cache_dir, tmp_path):
+    out = tmp_path / "study"
+    config = tiny_config(artemis_subset, feature_cache_dir, tmp_path / "unused", embed_dim=32, hidden_dim=32)
+    results = steps_per_epoch_experiment(config, [2], 1, out, with_meteor=False, progress=False, folds=3)
+    assert results["actions"] == {"2": "trained", "2-fold-0": "trained", "2-fold-1": "trained", "2-fold-2": "trained"}
+    main_splits = json.loads((out / "steps-2" / "splits.json").read_text())
+    folds = [json.loads((out / f"steps-2-fold-{k}" / "splits.json").read_text()) for k in range(3)]
+    vals = [set(f["val"]) for f in folds]
+    assert set().union(*vals) == set(main_splits["train"]) and sum(map(len, vals)) == len(main_splits["train"])
+    for fold, val in zip(folds, vals):
+        assert set(fold["train"]) == set(main_splits["train"]) - val and fold["test"] == main_splits["test"]
+
+    cv = results["rows"][0]["cross-validation"]
+    losses = [json.loads((out / f"steps-2-fold-{k}" / "history.json").read_text())[0]["val_loss"] for k in range(3)]
+    assert cv["folds"] == pytest.approx(losses) and cv["mean"] == pytest.approx(sum(losses) / 3)
+    assert cv["low"] < cv["mean"] < cv["high"]
+    report = (out / "report.md").read_text()
+    assert "## Cross-validation (3 folds of the training paintings)" in report and "--folds 3" in report
+
+
+def test_folds_out_of_range_fail_in_one_line(capsys, tmp_path):
+    assert main(["experiment", "steps-per-epoch", "--out", str(tmp_path / "x"), "--folds", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--folds" in err and err.strip().count("\n") <= 1 and not (tmp_path / "x").exists()

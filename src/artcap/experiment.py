@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ log = logging.getLogger("artcap")
 # study — 4 runs, their evaluation and the report — finishes in under 20 minutes on a 2-core CPU.
 QUICK = {"grid": [10, 20, 40, 80], "epochs": 3}
 MAX_STEPS, MAX_EPOCHS = 1_000_000, 100_000
+MIN_FOLDS, MAX_FOLDS = 2, 20
 CONFIG_FILE = "experiment.toml"  # the config every run of the study trained with (the report's Reproduce line)
 PAPER = {"grid": [50, 100, 1000, 2000, 5000, 7000, 10000], "epochs": 10}
 REPORT_COLUMNS = ["s/epoch", "final train loss", "final val loss", "best val loss", *COCO_KEYS, "paper BLEU-4",
@@ -50,19 +52,58 @@ def is_finished(run: Path, epochs: int) -> bool:
     return len(_history(run)) >= epochs and (run / "model" / "config.json").is_file()
 
 
-def train_point(config: TrainConfig, steps: int, epochs: int, out: Path, progress: bool = True) -> tuple[Path, str]:
-    """Train (or resume, or skip) one grid point; returns (run folder, what happened)."""
+def train_point(config: TrainConfig, steps: int, epochs: int, out: Path, progress: bool = True,
+                fold: tuple[int, dict[str, list[str]]] | None = None) -> tuple[Path, str]:
+    """Train (or resume, or skip) one grid point, or (`fold`: (k, its splits)) its k-th cross-validation run;
+    returns (run folder, what happened)."""
     from .train import train
 
-    run = out / f"steps-{steps}"
+    run = out / (f"steps-{steps}" if fold is None else f"steps-{steps}-fold-{fold[0]}")
     if is_finished(run, epochs):
         log.info("%s: finished (%d epochs), skipped", run, epochs)
         return run, "skipped"
     cfg = config.replaced({"optim.steps_per_epoch": steps, "optim.epochs": epochs, "run.out": str(run)})
     resume = (run / "checkpoint.pt").is_file()
     log.info("%s: %s (%d steps x %d epochs)", run, "resuming" if resume else "training", steps, epochs)
-    train(cfg, resume=resume, progress=progress)
+    train(cfg, resume=resume, progress=progress, splits=None if fold is None else fold[1])
     return run, "resumed" if resume else "trained"
+
+
+def fold_splits(config: TrainConfig, folds: int) -> list[dict[str, list[str]]]:
+    """K-fold cross-validation by painting on the training paintings of the split the data's seed makes: fold k
+    validates on the k-th of K shuffled shares and trains on the rest; the test paintings stay out of every fold."""
+    from .data import make_splits, read_annotations
+
+    annotations = read_annotations(config.data.captions, config.data.images, skip_missing=config.data.skip_missing)
+    splits = make_splits({a.image_id for a in annotations}, config.data.split_seed)
+    train_ids = list(splits["train"])
+    random.Random(config.data.split_seed + 1).shuffle(train_ids)
+    shares = [sorted(train_ids[k::folds]) for k in range(folds)]
+    return [{"train": sorted(i for j, share in enumerate(shares) if j != k for i in share), "val": shares[k],
+             "test": list(splits["test"])} for k in range(folds)]
+
+
+def validation_measure(config: TrainConfig) -> str:
+    """The history key of the measure that picks each run's exported epoch (cider_distinct reports its CIDEr-D)."""
+    return {"val_loss": "val_loss", "cider_distinct": "cider"}.get(config.optim.select_by, config.optim.select_by)
+
+
+def fold_score(config: TrainConfig, history: list[dict]) -> float:
+    """The validation measure at the epoch the run exported (the one its selection rule scores best)."""
+    from .train import _selection_score
+
+    scored = [h for h in history if _selection_score(config, h) is not None]
+    return float(max(scored, key=lambda h: _selection_score(config, h))[validation_measure(config)])
+
+
+def cross_validation(scores: list[float]) -> dict:
+    """Mean over the folds with its 95% Student-t interval (the folds are few: no bootstrap)."""
+    from scipy import stats
+
+    values = [float(v) for v in scores]
+    mean = sum(values) / len(values)
+    half = float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values)) if len(set(values)) > 1 else 0.0
+    return {"folds": values, "mean": mean, "low": mean - half, "high": mean + half}
 
 
 def evaluate_point(run: Path, config: TrainConfig, with_meteor: bool, progress: bool) -> dict:
@@ -100,21 +141,28 @@ def _row(steps: int, history: list[dict], scores: dict) -> dict:
 
 
 def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int, out: str | Path,
-                               with_meteor: bool = True, progress: bool = True) -> dict:
-    """Train every grid point (skipping finished runs), evaluate each, write the report. Returns results."""
+                               with_meteor: bool = True, progress: bool = True, folds: int = 0) -> dict:
+    """Train every grid point (skipping finished runs), evaluate each, write the report. Returns results.
+    `folds` K >= 2: each point is also trained K times, once per cross-validation fold of the training paintings
+    (fold_splits), and its row gets the validation measure's mean over the folds with a 95% interval."""
     from .plots import plot_losses
 
     if not grid or any(isinstance(n, bool) or not 1 <= n <= MAX_STEPS for n in grid):
         raise ArtcapError(f"--grid {grid}: give step counts from 1 to {MAX_STEPS}, e.g. --grid 50,100,1000")
     if not 1 <= epochs <= MAX_EPOCHS:
         raise ArtcapError(f"--epochs {epochs}: must be from 1 to {MAX_EPOCHS}")
+    if folds and not MIN_FOLDS <= folds <= MAX_FOLDS:
+        raise ArtcapError(f"--folds {folds}: must be from {MIN_FOLDS} to {MAX_FOLDS}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / CONFIG_FILE)  # what the Reproduce line names: --set and --quick's changes included
     started = time.perf_counter()
     actions = {}
+    fold_list = list(enumerate(fold_splits(config, folds))) if folds else []
     for steps in grid:
         _, actions[steps] = train_point(config, steps, epochs, out, progress)
+        for fold in fold_list:
+            _, actions[f"{steps}-fold-{fold[0]}"] = train_point(config, steps, epochs, out, progress, fold)
     rows, histories, evaluations = {}, {}, {}
     for steps in grid:
         run = out / f"steps-{steps}"
@@ -123,6 +171,9 @@ def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int
         histories[f"{steps} steps"] = history
         evaluations[steps] = scores
         rows[steps] = _row(steps, history, scores)
+        if folds:
+            rows[steps]["cross-validation"] = cross_validation(
+                [fold_score(config, _history(out / f"steps-{steps}-fold-{k}")[:epochs]) for k in range(folds)])
     plot_losses(histories, out / "loss_curves.png", title="Steps per epoch: train (solid) and val (dashed) loss")
     results = {
         "experiment": "steps-per-epoch",
@@ -131,6 +182,8 @@ def steps_per_epoch_experiment(config: TrainConfig, grid: list[int], epochs: int
         "meteor": with_meteor,
         "config": {k: v for k, v in config.dotted().items()
                    if k not in ("run.out", "optim.steps_per_epoch", "optim.epochs")},
+        "folds": folds,
+        "validation_measure": validation_measure(config),
         "actions": {str(k): v for k, v in actions.items()},
         "rows": [rows[s] for s in grid],
         "histories": {str(s): _history(out / f"steps-{s}")[:epochs] for s in grid},
@@ -170,8 +223,26 @@ def render_report(results: dict, out: Path) -> str:
         if (out / f"steps-{steps}" / "loss.png").is_file():
             lines.append(f"- [{steps} steps per epoch](steps-{steps}/loss.png): "
                          f"[scores](steps-{steps}/evaluation/scores.md)")
+    lines += cross_validation_lines(results)
     lines += ["", f"Reproduce: `{reproduce_command(results, out)}` (finished runs are skipped)."]
     return "\n".join(lines) + "\n"
+
+
+def cross_validation_lines(results: dict) -> list[str]:
+    """The report's cross-validation table: per grid point, the validation measure over the folds."""
+    folds, measure = results.get("folds", 0), results.get("validation_measure", "val_loss")
+    if not folds:
+        return []
+    lines = ["", f"## Cross-validation ({folds} folds of the training paintings)", "",
+             f"Each point trained {folds} more times, each time validating on one of {folds} shares of the training "
+             f"paintings and training on the others (split by painting; the test paintings stay out). `{measure}` "
+             f"at the epoch each run exported, mean over the folds with a 95% Student-t interval.", "",
+             f"| steps/epoch | {measure} mean | 95% interval | folds |", "|---:|---:|---:|---|"]
+    for row in results["rows"]:
+        cv = row["cross-validation"]
+        lines.append(f"| {row['steps_per_epoch']} | {cv['mean']:.4f} | [{cv['low']:.4f}, {cv['high']:.4f}] | "
+                     f"{', '.join(f'{v:.4f}' for v in cv['folds'])} |")
+    return lines
 
 
 def reproduce_command(results: dict, out: Path) -> str:
@@ -183,6 +254,8 @@ def reproduce_command(results: dict, out: Path) -> str:
                "--grid", ",".join(map(str, results["grid"])), "--epochs", str(results["epochs"]), "--out", str(out)]
     if not results.get("meteor", True):
         command.append("--no-meteor")
+    if results.get("folds"):
+        command += ["--folds", str(results["folds"])]
     return shlex.join(command)
 
 
@@ -218,6 +291,9 @@ def add_experiment_parser(sub) -> None:
     p.add_argument("--data", default=None, help="ArtEmis CSV (config key: data.captions)")
     p.add_argument("--images", default=None, help="image folder (config key: data.images)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR in the evaluations")
+    p.add_argument("--folds", type=bounded(int, MIN_FOLDS, MAX_FOLDS), default=0, metavar="K",
+                   help="also train each point on K cross-validation folds of the training paintings and report "
+                        "the validation measure's mean over them with a 95%% interval (K more runs per point)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the runs and the report")
     p.set_defaults(func=run_experiment)
 
@@ -234,7 +310,7 @@ def run_experiment(args) -> int:
         overrides = ["encoder.num_workers=0", *overrides]
     config = load_config(args.config, overrides)
     results = steps_per_epoch_experiment(config, grid, epochs, args.out, with_meteor=not args.no_meteor,
-                                         progress=not getattr(args, "quiet", False))
+                                         progress=not getattr(args, "quiet", False), folds=args.folds)
     print(format_markdown_table({f"{r['steps_per_epoch']}": r for r in results["rows"]}, REPORT_COLUMNS,
                                 "steps/epoch"), end="")
     log.info("report: %s (%.0f s)", Path(args.out) / "report.md", results["seconds"])

@@ -237,9 +237,10 @@ def objective_loss(config: TrainConfig, corpus: Corpus, max_len: int) -> LossFn:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
-          loss_fn: LossFn | None = None) -> Path:
+          loss_fn: LossFn | None = None, splits: dict[str, list[str]] | None = None) -> Path:
     """Train (or resume) the run in `config.run.out`; returns the run folder. `loss_fn` None: the loss
-    `config.optim.objective` names (objective_loss)."""
+    `config.optim.objective` names (objective_loss). `splits` (train/val/test painting ids, e.g. a cross-validation
+    fold) replaces the split the data's seed makes; a resumed run keeps the one in its splits.json."""
     rank, world = _distributed()
     device = resolve_device(config.run.device)
     if device.type == "cuda" and world > 1:
@@ -253,7 +254,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if config.optim.batch_size % world:
         raise ArtcapError(f"batch_size {config.optim.batch_size} must be divisible by the {world} processes")
 
-    splits = read_splits(run / "splits.json") if resume and (run / "splits.json").exists() else None
+    if resume and (run / "splits.json").exists():
+        splits = read_splits(run / "splits.json")
     # Rank 0 extracts features first; the others then find them in the cache.
     if rank == 0:
         corpus = load_corpus(config, splits, device, progress)
