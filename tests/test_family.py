@@ -169,3 +169,18 @@ def test_every_shipped_model_loads_by_name_and_captions(shared_data):
     for name in shipped_models():
         assert listed.count(f"{name}") >= 1
         assert Captioner.load(name).caption([painting])[0]
+
+
+def test_explain_with_the_shipped_sat_draws_a_map_for_every_word(shared_data, tmp_path, capsys):
+    if "sat" not in shipped_models():
+        pytest.skip("no shipped sat model (build it: python scripts/make_shipped_model.py sat)")
+    painting = shared_data / "artemis-mini" / "wikiart" / "Impressionism" / \
+        "valentin-serov_portrait-of-the-artist-isaac-levitan-1900.jpg"  # a val portrait
+    assert main(["caption", str(painting), "--model", "sat", "--explain", str(tmp_path)]) == 0
+    capsys.readouterr()
+    with Image.open(tmp_path / f"{painting.name}.png") as picture:
+        assert picture.width > 400 and len(set(picture.convert("L").getdata())) > 50  # a real figure, not blank
+    (record,) = caption_json(capsys, str(painting), "--model", "sat")["captions"]
+    maps = np.asarray([w["attention"] for w in record["words"]])
+    assert maps.shape == (len(record["caption"].split()), 7, 7)
+    np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, atol=1e-3)
