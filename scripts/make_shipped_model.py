@@ -63,8 +63,8 @@ def build(name: str, skip_train: bool) -> None:
     minutes = (time.perf_counter() - started) / 60
     final = configs[-1]
     target = install(name, Path(final.run.out) / "model", final, summary)
-    out = Path(final.out) / "eval-test"
-    evaluate(target, final.data, final.images, split="test", baselines=True, out_dir=out, feature_cache=str(CACHE))
+    out = Path(final.run.out) / "eval-test"
+    evaluate(target, final.data.captions, final.data.images, split="test", baselines=True, out_dir=out, feature_cache=str(CACHE))
     scores = (out / "scores.md").read_text().replace(f"{ROOT}/", "").replace("# Evaluation", "Evaluation", 1)
     atomic_write_text(target / "MODEL_CARD.md", card(name, summary, stages, configs, histories, minutes, scores,
                                                      skip_train, target))
@@ -86,7 +86,8 @@ def install(name: str, model_dir: Path, config: TrainConfig, summary: str) -> Pa
     save_tensors(weights, {k: v.half() for k, v in load_file(str(weights)).items()})
     model_config = ModelConfig.read(staging)
     dataclasses.replace(model_config, model_id=f"artcap-{name}", summary=summary,
-                        decoding=config.decoding(model_config.max_len)).write(staging)
+                        decoding=dataclasses.replace(config.decoding,
+                                                     max_len=config.max_len(model_config.max_len))).write(staging)
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)
     return target
