@@ -23,7 +23,7 @@ from artcap.errors import ArtcapError
 # The least each command needs besides the flag under test (its required arguments).
 MINIMAL_ARGV = {"caption": [], "models": [], "features": [], "train": [], "serve": [], "push": ["m", "o/n"],
                 "evaluate": ["--data", "d", "--images", "i"],
-                "compare": ["a", "b", "--data", "d", "--images", "i"], "experiment": ["steps-per-epoch", "--out", "o"]}
+                "compare": ["a", "b", "--data", "d", "--images", "i"], "config": ["migrate", "c.toml"], "experiment": ["steps-per-epoch", "--out", "o"]}
 
 
 def commands() -> dict[str, argparse.ArgumentParser]:
