@@ -267,16 +267,8 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     captions = {captioner.model_id: caption_all(captioner, evalset.features, progress=progress, decoding=decoding)}
     seconds = {"decoding": time.perf_counter() - t0}
     if baselines:
-        if not evalset.train_captions:
-            raise ArtcapError(f"{data}: no training paintings of this model in the data, so no baselines; "
-                              f"drop --baselines or evaluate on the model's own data")
         t0 = time.perf_counter()
-        nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
-        captions[nn.name] = nn.caption(evalset.features if evalset.features.ndim == 2
-                                       else evalset.features.mean(axis=1))
-        constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
-                                                      evalset.train_references))
-        captions[constant.name] = constant.caption(evalset.features)
+        captions.update(baseline_captions(evalset, data))
         seconds["baselines"] = time.perf_counter() - t0
 
     training = [c for cs in evalset.train_captions for c in cs] or None
@@ -325,6 +317,18 @@ def evaluate(model_or_run: str | Path | None, data: str | Path, images: str | Pa
     if out_dir is not None:
         write_outputs(Path(out_dir), result, evalset, captions, systems)
     return result
+
+
+def baseline_captions(evalset: EvaluationSet, data: str | Path) -> dict[str, list[str]]:
+    """The nearest-neighbour and constant baselines' captions of the evaluation paintings."""
+    if not evalset.train_captions:
+        raise ArtcapError(f"{data}: no training paintings of this model in the data, so no baselines; "
+                          f"drop --baselines or evaluate on the model's own data")
+    nn = NearestNeighbourCaptioner(evalset.train_features, evalset.train_captions)
+    constant = ConstantCaptioner(constant_caption([c for cs in evalset.train_captions for c in cs],
+                                                  evalset.train_references))
+    pooled = evalset.features if evalset.features.ndim == 2 else evalset.features.mean(axis=1)
+    return {nn.name: nn.caption(pooled), constant.name: constant.caption(evalset.features)}
 
 
 def write_outputs(out: Path, result: dict, evalset: EvaluationSet, captions: dict[str, list[str]],
