@@ -43,7 +43,7 @@ import torch
 from .captioner import Captioner, Description
 from .decode import DecodingConfig
 from .errors import ArtcapError
-from .features import decoded_batches
+from .features import encoded_batches
 from .images import single_input_folder
 from .io import atomic_path, atomic_write_json
 from .xmp import MetadataWriter
@@ -55,6 +55,7 @@ from .xmp import MetadataWriter
 DEFAULT_BATCH_SIZE = 2
 DEFAULT_NUM_WORKERS = 0 if (os.cpu_count() or 1) <= 2 else min(4, (os.cpu_count() or 1) // 2)
 DEFAULT_DECODE_BATCH_SIZE = 32
+OVERLAP_AHEAD = DEFAULT_DECODE_BATCH_SIZE  # CNN batches the background thread may encode ahead of the decoder
 
 RECORD_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
@@ -86,7 +87,7 @@ class CaptionResult:
 def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   num_workers: int = DEFAULT_NUM_WORKERS, decode_batch_size: int = DEFAULT_DECODE_BATCH_SIZE,
                   decoding: DecodingConfig | None = None, emotion: str | None = None,
-                  with_attention: bool = False, **overrides: Any) -> Iterator[CaptionResult]:
+                  with_attention: bool = False, overlap: bool = True, **overrides: Any) -> Iterator[CaptionResult]:
     """Yield one result per path, in the order of `paths`, captioned with `decoding` (default: the
     model's) with any DecodingConfig field given as a keyword changed, under `emotion` (grounded models; None = the model's "auto");
     `with_attention`: with each word's attention map.
@@ -94,6 +95,8 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
     The CNN runs on `batch_size` images at a time (small batches stay in cache and are fastest on a
     CPU); their features are pooled until `decode_batch_size` images are waiting, then captioned
     together (each decoding step reads the whole vocabulary projection, so it pays to share it).
+    `overlap`: the CNN runs in a background thread, ahead of decoding (False: in this thread, one after
+    the other; the captions are the same either way).
     """
     if batch_size < 1:
         raise ArtcapError(f"batch size must be 1 or more, got {batch_size}")
@@ -118,11 +121,11 @@ def caption_paths(captioner: Captioner, paths: Sequence[Path], *, batch_size: in
     with torch.inference_mode():
         # The DataLoader keeps batches in order and each batch is handled in index order, so the
         # results come out in exactly the order of `paths` (a resumed job depends on it).
-        for indices, batch, errors in decoded_batches(paths, captioner.encoder, batch_size, num_workers):
-            features = {}
-            if batch is not None:
-                pooled = captioner.encode(batch)
-                features = dict(zip(indices, pooled))
+        # The image network runs ahead in a background thread while this one decodes captions
+        # (features.encoded_batches; `overlap` False: one after the other, in this thread).
+        for indices, pooled, errors in encoded_batches(paths, captioner.encoder, captioner.encode, batch_size,
+                                                       num_workers, ahead=OVERLAP_AHEAD if overlap else 0):
+            features = dict(zip(indices, pooled)) if pooled is not None else {}
             for i in sorted([*indices, *errors]):
                 pending.append((i, errors[i] if i in errors else features[i]))
             waiting += len(features)

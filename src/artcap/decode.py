@@ -196,60 +196,61 @@ def _greedy(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: D
 
 def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: DecodingConfig,
           device: torch.device) -> list[list[Hypothesis]]:
-    """Every image's finished hypotheses (up to `beam`), best first."""
+    """Every image's finished hypotheses (up to `beam`), best first. An image whose search is done leaves
+    the batch (its rows are dropped), so the decoder only runs on the images still searching: a batch of
+    paintings then costs the sum of their caption lengths, not its longest one times the batch."""
     k, max_len, alpha = decoding.beam, decoding.max_len, decoding.length_alpha
     bans = _Bans(vocab, decoding, device)
     memory = tuple(m.repeat_interleave(k, dim=0) for m in memory)
     tokens = torch.full((batch * k,), vocab.bos_id, dtype=torch.long, device=device)
     history = tokens.new_empty(batch * k, 0)
-    maps: torch.Tensor | None = None  # [B*k, t, h*w]: each hypothesis' attention, reordered with it
+    maps: torch.Tensor | None = None  # [A*k, t, h*w]: each hypothesis' attention, reordered with it
     scores = torch.full((batch, k), NEG_INF, device=device)
     scores[:, 0] = 0.0  # all beams start identical: expand only the first
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    done = [False] * batch
+    active = list(range(batch))  # the images still searching; image active[j] owns rows j*k .. j*k+k-1
     state = None
     for t in range(max_len + 1):
         logp, state, attention = _next_log_probs(model, memory, tokens, state, history, bans, t == max_len)
         if attention is not None and maps is None:
             maps = attention.new_zeros(batch * k, 0, attention.size(1)).float()
         vocab_size = logp.size(-1)
-        candidates = (scores.reshape(-1, 1) + logp).reshape(batch, k * vocab_size)
+        candidates = (scores.reshape(-1, 1) + logp).reshape(len(active), k * vocab_size)
         top_scores, top_idx = candidates.topk(min(2 * k, candidates.size(1)), dim=1)
         top_scores, top_idx = top_scores.tolist(), top_idx.tolist()
 
-        sources, next_tokens, next_scores = [], [], []
-        for b in range(batch):
+        sources, next_tokens, next_scores, still = [], [], [], []
+        for j, b in enumerate(active):
             alive: list[tuple[float, int, int]] = []
-            if not done[b]:
-                for rank, (score, idx) in enumerate(zip(top_scores[b], top_idx[b])):
-                    if score == NEG_INF:
-                        break
-                    src, word = b * k + idx // vocab_size, idx % vocab_size
-                    if word == vocab.eos_id:
-                        if rank < k:  # an <eos> counts only among the k best candidates
-                            ids = history[src].tolist()
-                            finished[b].append(Hypothesis(ids, None if maps is None else maps[src],
-                                                          score / (len(ids) + 1) ** alpha))
-                    else:
-                        alive.append((score, src, word))
-                    if len(alive) == k:
-                        break
-                if len(finished[b]) >= k or t == max_len or not alive:
-                    done[b] = True
-            if done[b]:
-                alive = []
-            alive += [(NEG_INF, b * k, vocab.pad_id)] * (k - len(alive))
+            for rank, (score, idx) in enumerate(zip(top_scores[j], top_idx[j])):
+                if score == NEG_INF:
+                    break
+                src, word = j * k + idx // vocab_size, idx % vocab_size
+                if word == vocab.eos_id:
+                    if rank < k:  # an <eos> counts only among the k best candidates
+                        ids = history[src].tolist()
+                        finished[b].append(Hypothesis(ids, None if maps is None else maps[src],
+                                                      score / (len(ids) + 1) ** alpha))
+                else:
+                    alive.append((score, src, word))
+                if len(alive) == k:
+                    break
+            if len(finished[b]) >= k or t == max_len or not alive:
+                continue  # done: its rows leave the batch
+            still.append(b)
+            alive += [(NEG_INF, j * k, vocab.pad_id)] * (k - len(alive))
             for score, src, word in alive:
                 sources.append(src)
                 next_tokens.append(word)
                 next_scores.append(score)
-        if all(done):
+        active = still
+        if not active:
             break
         src_index = torch.tensor(sources, device=device)
         state = tuple(s.index_select(0, src_index) for s in state)
         memory = tuple(m.index_select(0, src_index) for m in memory)
         tokens = torch.tensor(next_tokens, device=device)
-        scores = torch.tensor(next_scores, device=device).reshape(batch, k)
+        scores = torch.tensor(next_scores, device=device).reshape(len(active), k)
         history = torch.cat([history.index_select(0, src_index), tokens.unsqueeze(1)], dim=1)
         if maps is not None:
             maps = torch.cat([maps.index_select(0, src_index), attention.float().index_select(0, src_index)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,102 @@ def decoded_batches(paths: Sequence[Path], encoder: Encoder, batch_size: int, nu
         good = [(i, a) for i, a, err in items if not err]
         errors = {i: err for i, _, err in items if err}
         batch = torch.from_numpy(np.stack([a for _, a in good])).permute(0, 3, 1, 2) if good else None
+        yield [i for i, _ in good], batch, errors
+
+
+def encoded_batches(paths: Sequence[Path], encoder: Encoder, encode: Callable[[torch.Tensor], torch.Tensor],
+                    batch_size: int, num_workers: int, ahead: int = 16
+                    ) -> Iterator[tuple[list[int], torch.Tensor | None, dict[int, str]]]:
+    """`decoded_batches` with each batch also encoded (`encode`: uint8 batch -> features), in one background
+    thread that runs up to `ahead` batches in front of the caller: reading, decoding and the image network
+    then overlap whatever the caller does with the features (beam search), as Pillow, ONNX Runtime and torch
+    release the GIL while they compute. Yields (indices, features or None, errors-by-index), in order; an
+    exception in the thread is raised here, and closing the generator stops the thread. `ahead` 0: no thread,
+    each batch is encoded when the caller asks for it."""
+    if ahead <= 0:
+        for indices, batch, errors in decoded_batches(paths, encoder, batch_size, num_workers):
+            yield indices, None if batch is None else encode(batch), errors
+        return
+    results: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with torch.inference_mode():  # thread-local: the caller's does not reach this thread
+                for indices, batch, errors in decoded_batches(paths, encoder, batch_size, num_workers):
+                    if stop.is_set():
+                        return
+                    _put(results, stop, (indices, None if batch is None else encode(batch), errors))
+        except BaseException as e:  # handed to the caller, who raises it
+            _put(results, stop, e)
+        _put(results, stop, None)
+
+    thread = threading.Thread(target=produce, name="artcap-encode", daemon=True)
+    thread.start()
+    try:
+        while (item := results.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _put(results: queue.Queue, stop: threading.Event, item) -> None:
+    """Put `item`, waiting for room, unless the consumer has stopped (then the item is dropped)."""
+    while not stop.is_set():
+        try:
+            results.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+class _EncodedFiles(Dataset):
+    """For decoding on the device: each file's bytes when it is a plain JPEG (gpu_decode.plain_jpeg), read in
+    DataLoader workers; any other file is decoded here on the CPU as `_DecodedImages` does."""
+
+    def __init__(self, paths: Sequence[Path], encoder: Encoder):
+        self.decoded = _DecodedImages(paths, encoder)
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    def __getitem__(self, i: int):
+        from .gpu_decode import plain_jpeg
+
+        try:
+            data = Path(self.decoded.paths[i]).read_bytes()
+        except OSError:
+            data = b""  # the CPU path below says what is wrong with the file
+        if data and plain_jpeg(data):
+            return i, data, None, ""
+        return i, None, *self.decoded[i][1:]
+
+
+def device_decoded_batches(paths: Sequence[Path], encoder: Encoder, batch_size: int, num_workers: int,
+                           device: torch.device):
+    """`decoded_batches` with plain JPEGs decoded and resized on `device` (gpu_decode: nvJPEG on a GPU) and
+    every other file on the CPU; the batch is on `device`. Yield (indices, uint8 NCHW batch, errors-by-index)."""
+    from .gpu_decode import DeviceJpegDecoder
+
+    decoder = DeviceJpegDecoder(encoder.image_size, device)
+    loader = DataLoader(_EncodedFiles(paths, encoder), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=lambda items: items, persistent_workers=False)
+    for items in loader:
+        jpegs = [(i, data) for i, data, _, _ in items if data is not None]
+        images = dict(zip([i for i, _ in jpegs], decoder.decode([data for _, data in jpegs])))
+        good, errors = [], {}
+        for i, data, array, err in items:
+            if data is not None and images[i] is None:  # refused by the device decoder: the CPU path
+                _, array, err = _DecodedImages(paths, encoder)[i]
+            if err:
+                errors[i] = err
+            else:
+                good.append((i, images[i] if data is not None and images[i] is not None
+                             else torch.from_numpy(array.copy()).permute(2, 0, 1).to(device)))
+        batch = torch.stack([image for _, image in good]) if good else None
         yield [i for i, _ in good], batch, errors
 
 
@@ -260,8 +358,15 @@ class FeatureCache:
         return out
 
     def extract(self, paths: Sequence[Path], batch_size: int = 16, num_workers: int = 1,
-                chunk_size: int = 2048, progress: bool = True) -> dict[Path, str]:
-        """Encode every path not yet cached. Returns {path: reason} for images that could not be read."""
+                chunk_size: int = 2048, progress: bool = True, device_decode: bool | None = None) -> dict[Path, str]:
+        """Encode every path not yet cached. Returns {path: reason} for images that could not be read.
+        `device_decode`: decode plain JPEGs on the encoder's device (gpu_decode); None: when it is a CUDA
+        device and torchvision can (else, and for every other file, the CPU decodes)."""
+        device = next(self.encoder.buffers()).device
+        if device_decode is None:
+            from .gpu_decode import device_decoding_available
+
+            device_decode = device_decoding_available(device)
         todo = list(dict.fromkeys(self.missing(paths)))
         failures: dict[Path, str] = {}
         if not todo:
@@ -274,7 +379,7 @@ class FeatureCache:
             chunk = todo[start : start + chunk_size]
             with self._locked():
                 chunk = self.missing(chunk)  # another job may have extracted some meanwhile
-            rows, done, keys = self._encode(chunk, batch_size, num_workers, failures, bar)
+            rows, done, keys = self._encode(chunk, batch_size, num_workers, failures, bar, device_decode)
             with self._locked():
                 self._append_shard(chunk, rows, done, keys)
             bar.update(len(todo[start : start + chunk_size]) - len(chunk))
@@ -282,7 +387,7 @@ class FeatureCache:
         return failures
 
     def _encode(self, chunk: list[Path], batch_size: int, num_workers: int, failures: dict[Path, str],
-                bar) -> tuple[np.ndarray, np.ndarray, list]:
+                bar, device_decode: bool = False) -> tuple[np.ndarray, np.ndarray, list]:
         """(feature rows, which rows were encoded, each file's index key). A key is taken before its file is
         read, so a file changed meanwhile is re-extracted next time; a file that vanishes is a failure."""
         rows = np.zeros((len(chunk), *self.spec.row_shape(self.encoder.feature_dim)), self.spec.dtype)
@@ -290,7 +395,9 @@ class FeatureCache:
         keys = [_file_key_or_none(path) for path in chunk]
         device = next(self.encoder.buffers()).device
         with torch.inference_mode():
-            for idx, batch, errors in decoded_batches(chunk, self.encoder, batch_size, num_workers):
+            batches = (device_decoded_batches(chunk, self.encoder, batch_size, num_workers, device)
+                       if device_decode else decoded_batches(chunk, self.encoder, batch_size, num_workers))
+            for idx, batch, errors in batches:
                 for i, err in errors.items():
                     failures[chunk[i]] = err
                 if batch is not None:

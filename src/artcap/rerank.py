@@ -74,9 +74,15 @@ class CaptionMatcher(nn.Module):
     def scores(self, pooled: torch.Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
         """For each image, how well each of its candidate captions (word ids) matches it (cosine similarity)."""
         self.eval()
+        if not candidates:
+            return []
         images = self.encode_images(pooled)
-        return [(self.encode_captions(options) @ image).tolist() if len(options) > 1 else [0.0] * len(options)
-                for image, options in zip(images, candidates)]
+        # Every image's candidates in one embedding call (each caption's mean is its own, whatever else is
+        # in the call), then each image's scores from its slice.
+        everything = self.encode_captions([option for options in candidates for option in options])
+        starts = np.cumsum([0, *(len(options) for options in candidates)])
+        return [(everything[start:stop] @ image).tolist() if stop - start > 1 else [0.0] * int(stop - start)
+                for image, start, stop in zip(images, starts[:-1], starts[1:])]
 
     def choose(self, pooled: torch.Tensor, candidates: Sequence[Sequence[Sequence[int]]]) -> list[int]:
         """For each image, the index of its candidate caption (word ids, the beam's best first) that matches it best;
