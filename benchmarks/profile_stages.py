@@ -47,14 +47,18 @@ def load_average() -> str:
 
 
 class Stopwatch:
+    """Wall time and CPU time (all threads of the process) per stage."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def __call__(self, stage: str):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         yield
         self.seconds[stage] += time.perf_counter() - start
+        self.cpu[stage] += time.process_time() - cpu
 
 
 def profile(captioner: Captioner, paths: list[Path], batch_size: int, decode_batch: int, out: Path) -> Stopwatch:
@@ -120,13 +124,14 @@ def main() -> None:
         start = time.perf_counter()
         caption_collection(captioner, [str(p) for p in paths], Path(tmp) / "job.jsonl", progress=False)
         job = time.perf_counter() - start
-    total = sum(clock.seconds.values())
-    print(f"\n| stage | ms/image | share |\n|---|---:|---:|")
+    total, total_cpu, n = sum(clock.seconds.values()), sum(clock.cpu.values()), len(paths)
+    print(f"\n| stage | wall ms/image | share | CPU-ms/image | share |\n|---|---:|---:|---:|---:|")
     for stage in STAGES:
-        seconds = clock.seconds.get(stage, 0.0)
-        print(f"| {stage} | {1000 * seconds / len(paths):.2f} | {100 * seconds / total:.1f}% |")
-    print(f"| **sum of stages** | **{1000 * total / len(paths):.2f}** | 100% |")
-    print(f"| `caption_collection`, wall | {1000 * job / len(paths):.2f} | {len(paths) / job:.1f} images/s |")
+        wall, cpu = clock.seconds.get(stage, 0.0), clock.cpu.get(stage, 0.0)
+        print(f"| {stage} | {1000 * wall / n:.2f} | {100 * wall / total:.1f}% | {1000 * cpu / n:.2f} | "
+              f"{100 * cpu / total_cpu:.1f}% |")
+    print(f"| **sum of stages** | **{1000 * total / n:.2f}** | 100% | **{1000 * total_cpu / n:.2f}** | 100% |")
+    print(f"| `caption_collection` | {1000 * job / n:.2f} ({n / job:.1f} images/s) | | | |")
     print(load_average())
 
 

@@ -65,7 +65,8 @@ class Encoder(nn.Module):
     def preprocess(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """PIL images or uint8 HWC arrays -> a uint8 NCHW batch; normalisation happens in forward."""
         arrays = [self.to_array(im) if isinstance(im, Image.Image) else im for im in images]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        # numpy's transpose copy: torch's uint8 permute(...).contiguous() took 6-12x longer (1-3 ms a batch of 2)
+        return torch.from_numpy(np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2)))
 
     def forward(self, images: torch.Tensor) -> EncoderOutput:
         x = images.to(self.mean.device, torch.float32) / 255.0

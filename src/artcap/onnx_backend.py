@@ -20,6 +20,7 @@ import importlib.util
 import io
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -193,7 +194,8 @@ def _open_session(path: Path):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # --threads sets torch's; use as many
+    # --threads sets torch's; use as many ($ARTCAP_ORT_THREADS: another number, for benchmarks/bench_before_after.py)
+    options.intra_op_num_threads = int(os.environ.get("ARTCAP_ORT_THREADS") or torch.get_num_threads())
     options.inter_op_num_threads = 1  # one chain of operators: parallelism is inside them
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
