@@ -62,10 +62,16 @@ def plain_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
 
 
 def resize_like_encoder(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [3, H, W] -> uint8 [3, size, size] as Encoder.to_array does on the CPU: a whole-factor box
-    reduction of very large images (to no less than 3x `size`), then an antialiased bicubic squash."""
+    """uint8 [3, H, W] -> uint8 [3, size, size] as the CPU path does: Pillow's draft mode (a JPEG decoded at
+    1/2, 1/4 or 1/8 scale when both sides stay >= `size`; here a box average, the closest of torch's filters),
+    Encoder.to_array's whole-factor box reduction of very large images (to no less than 3x `size`), then an
+    antialiased bicubic squash."""
     x = image.unsqueeze(0).float()
-    factor = min(image.shape[1:]) // (3 * size)
+    height, width = image.shape[1:]
+    draft = next((s for s in (8, 4, 2) if -(-height // s) >= size and -(-width // s) >= size), 1)
+    if draft > 1:
+        x = F.avg_pool2d(x, draft, ceil_mode=True, count_include_pad=False)
+    factor = min(x.shape[2:]) // (3 * size)
     if factor >= 2:
         x = F.avg_pool2d(x, factor, ceil_mode=True, count_include_pad=False)
     if tuple(x.shape[2:]) != (size, size):

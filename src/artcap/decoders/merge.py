@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .base import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
                    lstm_cell, register_decoder)
@@ -60,11 +61,22 @@ class MergeDecoder(nn.Module):
         x = self.text_dropout(self.embed(tokens))
         if emotion:
             x = torch.cat([x, emotion[0].unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
-        text, _ = self.lstm(x)
+        text = self._lstm_over_captions(x, mask)
         image = image.unsqueeze(1).expand_as(text)
         if mask is not None:
             image, text = image[mask], text[mask]
         return self._logits(image, text), text.new_zeros(())
+
+    def _lstm_over_captions(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The LSTM's outputs [B, T, H]. With a mask whose rows are each a caption's first words (right
+        padding), packed: each row runs for its own length, not the batch's longest, so the LSTM does no
+        work on padding (the same outputs where the mask is set; benchmarks/bench_train.py measures it)."""
+        if mask is not None and mask.any(dim=1).all():
+            lengths = mask.sum(dim=1)
+            if bool((mask == (torch.arange(mask.size(1), device=mask.device) < lengths.unsqueeze(1))).all()):
+                packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+                return pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))[0]
+        return self.lstm(x)[0]
 
     def step(self, memory: Memory, token: torch.Tensor, state: State = None):
         """One word: token [B] -> (logits [B, V], (h, c), None).
