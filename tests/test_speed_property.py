@@ -44,7 +44,7 @@ def test_packed_training_loss_and_gradients_equal_each_caption_alone(lengths, se
         row_loss, row_n = caption_loss(net, features[r : r + 1], tokens[r : r + 1, : lengths[r] + 2])
         (row_loss * row_n / n).backward()
         total += row_loss.detach().item() * row_n / n
-    assert abs(float(loss) - total) < 1e-5
+    assert abs(loss.item() - total) < 1e-5
     for a, p in zip(batched, net.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-5), p.shape
 
