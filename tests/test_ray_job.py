@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from artcap.collection import CaptionResult
+from artcap.caption_files import CaptionResult
 from artcap.errors import ArtcapError
 from artcap.ray_job import RAY_MISSING, ModelBundle, RayOptions, actor_cpus, in_order
 

@@ -31,7 +31,7 @@ def _setup_logging(quiet: bool) -> None:
 # ---- caption ------------------------------------------------------------------------------------
 
 def add_caption_parser(sub) -> None:
-    from .collection import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS
+    from .caption_files import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS
 
     p = sub.add_parser("caption", help="caption images or folders of images",
                        description="Caption image files and folders. Bad files are reported (exit code 1) and "
@@ -188,7 +188,7 @@ def _report_failures(failed: list[tuple[str, str]], total: int) -> int:
 def _caption_to_stdout(args, captioner, metadata) -> int:
     """Caption the inputs to stdout as text, CSV or JSON (with attention maps for attention models),
     writing --explain pictures and metadata on the way."""
-    from .collection import caption_paths
+    from .caption_files import caption_paths
     from .images import find_images
 
     paths, errors = find_images(args.inputs, recursive=args.recursive)

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .collection import DEFAULT_BATCH_SIZE, CaptionResult, CollectionSummary, caption_collection, caption_paths
+from .caption_files import DEFAULT_BATCH_SIZE, CaptionResult, caption_paths
+from .collection import CollectionSummary, caption_collection
 from .decode import DecodingConfig
 from .errors import ArtcapError
 
