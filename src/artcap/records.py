@@ -168,7 +168,8 @@ def decode_record(line: bytes) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("path"), str) else None
 
 
-def _csv_value(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell: text through clean_text and spreadsheet_cell, a dict as JSON, None as empty."""
     if value is None:
         return ""
     if isinstance(value, dict):
@@ -185,7 +186,7 @@ def render_csv(records: Iterable[dict[str, Any]], names: Iterable[str] = RECORD_
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(names)
-    writer.writerows([_csv_value(record.get(k)) for k in names] for record in records)
+    writer.writerows([csv_cell(record.get(k)) for k in names] for record in records)
     return buffer.getvalue().encode("utf-8")
 
 
