@@ -440,10 +440,12 @@ class ExifTool:
             arguments.append("-overwrite_original")
         temporary = image.with_name(image.name + "_exiftool_tmp")  # where exiftool writes the new file first
         was_there = temporary.exists()
-        error = _embed_error(image, self.execute([*arguments, os.path.abspath(image)]))
-        if error and not was_there and temporary.exists():
-            temporary.unlink()  # exiftool's own leftover (a full disk) would make every retry fail
-        elif error and was_there:
+        try:
+            error = _embed_error(image, self.execute([*arguments, os.path.abspath(image)]))
+        finally:
+            if not was_there:  # what an exiftool that failed or died left behind would make every retry fail
+                temporary.unlink(missing_ok=True)
+        if error and was_there:
             error += f"; if no exiftool is running, remove {temporary.name}, left by an interrupted one"
         return error
 
@@ -471,7 +473,14 @@ class ExifTool:
             if line.rstrip(b"\r\n") == ready:
                 return b"".join(output).decode("utf-8", "replace")
             output.append(line)
-        raise ArtcapError(f"exiftool stopped unexpectedly: {one_line(b''.join(output).decode('utf-8', 'replace'))}")
+        said = one_line(b"".join(output).decode("utf-8", "replace"))
+        try:
+            code = self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise ArtcapError(f"exiftool stopped unexpectedly ({how}){': ' + said if said else ''}; "
+                          f"run the same command again to resume")
 
     def close(self) -> None:
         if self._process.poll() is None:
