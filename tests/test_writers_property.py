@@ -146,6 +146,22 @@ def test_any_file_name_is_written_well_formed_and_read_back_exactly(file_names, 
             assert root.find(f".//{{{ARTCAP_NS}}}Caption").text
 
 
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=stem.map(lambda s: s + b".jpg"))
+def test_a_file_that_cannot_be_read_is_named_with_its_escapes_in_its_error(name, fast):
+    """The error of a file that is not an image names it as clean_text writes the name: a tab or a line
+    break in it shows as \\t or \\n, never as white space folded away."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_folder(Path(tmp), [name], b"not an image")
+        shown = clean_text(os.fsdecode(folder + b"/" + name))
+        out = Path(tmp) / "captions.jsonl"
+        summary = caption_collection(fast, [os.fsdecode(folder)], out, progress=False, num_workers=0, metadata=None)
+        [written] = [json.loads(strict_text(line)) for line in out.read_bytes().splitlines()]
+        assert os.fsencode(decode_name(written["path"])) == name
+        assert written["caption"] is None and written["error"].startswith(f"{shown}: not an image"), written
+        assert summary.errors[0][1] == written["error"]
+
+
 # ---- a model whose vocabulary holds control characters -------------------------------------------------
 
 # Words as a damaged or hostile vocabulary could hold them: every control character, XML's forbidden
