@@ -29,6 +29,8 @@ from artcap.records import journal_path
 from artcap.xmp import ARTCAP_NS, IPTC_CORE_NS, RDF_NS, write_sidecar
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each case of the file-name test runs a command that loads the model: fewer of them.
+NAME_SETTINGS = settings(SETTINGS, max_examples=15)
 
 # Pieces a file name is made of: what breaks lines, CSV, JSON, XML or UTF-8, and arbitrary bytes.
 TRICKY = [b"\n", b"\t", b"\r", b"\r\n", b"\\", b"\\x41", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xc2\x85",
@@ -39,7 +41,7 @@ FORMULA_STARTS = [b"", b"=", b"+", b"-", b"@", b"\t", b"\r", b"'", b"=HYPERLINK(
 piece = st.one_of(st.sampled_from(TRICKY), st.binary(min_size=1, max_size=3))
 stem = st.builds(lambda first, rest: (first + rest).replace(b"/", b"_").replace(b"\0", b"_"),
                  st.sampled_from(FORMULA_STARTS), st.lists(piece, min_size=1, max_size=5).map(b"".join))
-names = st.lists(stem.map(lambda s: s + b".jpg"), min_size=1, max_size=3, unique=True)
+names = st.lists(stem.map(lambda s: s + b".jpg"), min_size=1, max_size=4, unique=True)
 
 
 @pytest.fixture(scope="module")
@@ -98,30 +100,39 @@ def run_cli(args: list[str]) -> tuple[int, str]:
     return code, text
 
 
-@SETTINGS
-@given(file_names=names)
-def test_any_file_name_is_written_well_formed_and_read_back_exactly(file_names, fast, jpeg_bytes):
+def check_stdout(fmt: str, text: str, full: list[bytes]) -> None:
+    """`text`, what `artcap caption --format fmt` printed, names exactly the files `full` and is well-formed."""
+    if fmt == "text":
+        lines = text.splitlines()  # the strictest split: every Unicode line boundary
+        assert len(lines) == len(full), lines
+        assert all(line.count("\t") == 1 for line in lines)
+        printed = [line.split("\t")[0] for line in lines]
+    elif fmt == "json":
+        document = json.loads(text)
+        assert_well_formed_strings(document)
+        printed = [r["path"] for r in document["captions"]]
+    else:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+        assert_csv_safe(rows)
+        printed = [from_spreadsheet_cell(r[0]) for r in rows[1:]]
+    assert sorted(os.fsencode(decode_name(name)) for name in printed) == full
+
+
+@NAME_SETTINGS
+@given(file_names=names, fmt=st.sampled_from(["text", "json", "csv"]))
+def test_any_file_name_is_written_well_formed_and_read_back_exactly(file_names, fmt, fast, jpeg_bytes):
+    # One stdout format per case (each is a command that loads the model); the record files and sidecars every time.
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp), file_names, jpeg_bytes)
         expected = sorted(file_names)  # find_images sorts by name; bytes of one file system order alike
         full = sorted(folder + b"/" + n for n in file_names)
 
-        code, text = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast"])
+        code, text = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast", "--format", fmt, "--xmp"])
         assert code == 0
-        lines = text.splitlines()  # the strictest split: every Unicode line boundary
-        assert len(lines) == len(file_names), lines
-        assert sorted(os.fsencode(decode_name(line.split("\t")[0])) for line in lines) == full
-        assert all(line.count("\t") == 1 for line in lines)
-
-        code, text = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast", "--format", "json"])
-        document = json.loads(text)
-        assert_well_formed_strings(document)
-        assert sorted(os.fsencode(decode_name(r["path"])) for r in document["captions"]) == full
-
-        code, text = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast", "--format", "csv"])
-        rows = list(csv.reader(io.StringIO(text, newline="")))
-        assert_csv_safe(rows)
-        assert sorted(os.fsencode(decode_name(from_spreadsheet_cell(r[0]))) for r in rows[1:]) == full
+        check_stdout(fmt, text, full)
+        for name in file_names:
+            root = ET.fromstring(open(folder + b"/" + name + b".xmp", "rb").read())  # expat: strict XML 1.0
+            assert root.find(f".//{{{ARTCAP_NS}}}Caption").text
 
         for suffix in (".jsonl", ".csv"):
             out = Path(tmp) / f"captions{suffix}"
@@ -138,12 +149,6 @@ def test_any_file_name_is_written_well_formed_and_read_back_exactly(file_names, 
                 assert_csv_safe(rows)
                 assert [os.fsencode(decode_name(from_spreadsheet_cell(r[0]))) for r in rows[1:]] == expected
                 assert len(out.read_bytes().splitlines()) == len(file_names) + 1  # one line per record
-
-        code, _ = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast", "--xmp"])
-        assert code == 0
-        for name in file_names:
-            root = ET.fromstring(open(folder + b"/" + name + b".xmp", "rb").read())  # expat: strict XML 1.0
-            assert root.find(f".//{{{ARTCAP_NS}}}Caption").text
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
