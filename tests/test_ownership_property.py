@@ -72,7 +72,7 @@ def test_train_never_replaces_files_it_did_not_write(files, as_file, artemis_sub
     before = snapshot(root)
 
     code, _, err = run_cli(["train", "--data", str(csv_path), "--images", str(images),
-                            "--cache", str(root / "cache"), "--set", f"out={out}"])
+                            "--cache", str(root / "cache"), "--set", f"run.out={out}"])
 
     assert code == 2 and err.count("\n") == 1 and str(out) in err, err
     assert snapshot(root) == before  # not a byte changed, nothing added (no feature cache either)
