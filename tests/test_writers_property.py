@@ -124,7 +124,7 @@ def test_any_file_name_is_written_well_formed_and_read_back_exactly(file_names, 
     # One stdout format per case (each is a command that loads the model); the record files and sidecars every time.
     with tempfile.TemporaryDirectory() as tmp:
         folder = make_folder(Path(tmp), file_names, jpeg_bytes)
-        expected = sorted(file_names)  # find_images sorts by name; bytes of one file system order alike
+        expected = sorted(file_names, key=os.fsdecode)  # the folder walk sorts by name as Python holds it
         full = sorted(folder + b"/" + n for n in file_names)
 
         code, text = run_cli(["-q", "caption", os.fsdecode(folder), "--model", "fast", "--format", fmt, "--xmp"])
