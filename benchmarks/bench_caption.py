@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
+from artcap.caption_files import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, caption_paths
 from artcap.captioner import DEFAULT_MODEL_DIR, Captioner
-from artcap.collection import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS, caption_collection, caption_paths
+from artcap.collection import caption_collection
 from artcap.onnx_backend import BACKENDS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "artemis-mini" / "wikiart"

@@ -20,9 +20,10 @@ from PIL import Image
 
 from artcap.captioner import Captioner
 from artcap.cli import main
-from artcap.collection import JobIdentity, RecordFile, caption_collection, manifest_path
+from artcap.collection import caption_collection
 from artcap.decode import DecodingConfig
 from artcap.errors import ArtcapError
+from artcap.records import JobIdentity, RecordFile, journal_path, manifest_path
 
 BROKEN = {  # file name -> the start of the reason its error record must give
     "aaa-empty.jpg": "zero bytes",
@@ -110,11 +111,11 @@ def test_resume_cuts_a_partial_record_and_matches_an_uninterrupted_run(shared_da
         full = tmp_path / f"full{suffix}"
         summary = caption_collection(captioner, [folder], full, recursive=True, progress=False, num_workers=0)
         assert (summary.total, summary.captioned, summary.skipped, len(summary.errors)) == (14, 14, 0, 4)
-        lines = full.read_bytes().splitlines(keepends=True)
-        header = 1 if suffix == ".csv" else 0
+        lines = journal_path(full).read_bytes().splitlines(keepends=True)  # a CSV output's journal is beside it
         # as if killed while writing record 6: five whole records and half of the sixth
         cut = tmp_path / f"cut{suffix}"
-        cut.write_bytes(b"".join(lines[: header + 5]) + lines[header + 5][:20])
+        journal = journal_path(cut)
+        journal.write_bytes(b"".join(lines[:5]) + lines[5][:20])
         shutil.copyfile(manifest_path(full), manifest_path(cut))  # the job's manifest, as the killed job left it
 
         summary = caption_collection(captioner, [folder], cut, recursive=True, progress=False, num_workers=0)
@@ -122,20 +123,20 @@ def test_resume_cuts_a_partial_record_and_matches_an_uninterrupted_run(shared_da
         assert (summary.captioned, summary.skipped, len(summary.errors)) == (9, 5, 4)
         assert without_time(read_records(cut)) == without_time(read_records(full))
         # a finished file keeps its good records; only the four broken images are tried again
-        good_lines = [line for line in cut.read_bytes().splitlines()[header:]
-                      if line.endswith(b'"error": null}') or line.endswith(b",")]
+        good_lines = [line for line in journal.read_bytes().splitlines() if line.endswith(b'"error": null}')]
         assert len(good_lines) == 10
         again = caption_collection(captioner, [folder], cut, recursive=True, progress=False)
         assert (again.captioned, again.retried, again.skipped, len(again.errors)) == (4, 4, 10, 4)
         assert without_time(read_records(cut)) == without_time(read_records(full))
-        assert all(line in cut.read_bytes().splitlines() for line in good_lines)
+        assert all(line in journal.read_bytes().splitlines() for line in good_lines)
 
 
-def test_a_killed_header_is_rewritten_and_a_damaged_file_is_refused(shared_data, captioner, tmp_path):
+def test_a_killed_first_record_is_cut_and_a_damaged_file_is_refused(shared_data, captioner, tmp_path):
     folder = make_collection(tmp_path / "c", paintings(shared_data, 2), broken=False)
     out = tmp_path / "out.csv"
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
-    out.write_bytes(b"path,capt")  # as if killed while writing the header (the manifest came first)
+    out.unlink()
+    journal_path(out).write_bytes(b'{"path": "a')  # as if killed while writing the first record (the manifest came first)
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
     assert len(read_records(out)) == 2
 
@@ -248,7 +249,7 @@ def test_an_empty_file_starts_a_new_job_with_its_manifest(shared_data, captioner
     out.touch()
     caption_collection(captioner, [folder], out, recursive=True, progress=False)
     manifest = json.loads(manifest_path(out).read_text())
-    assert manifest["format"] == "artcap-caption-records" and manifest["version"] == 1
+    assert manifest["format"] == "artcap-caption-records" and manifest["version"] == 2
     assert manifest["job"] == {"model": captioner.model_id, **captioner.decoding.to_dict(),
                                "asked_emotion": asked_emotion(captioner), "metadata": ""}
     assert manifest["fields"] == list(read_records(out)[0])
@@ -287,7 +288,7 @@ def test_a_retry_killed_before_the_rewrite_leaves_no_duplicate_after_the_next_ru
     identity = JobIdentity(captioner.model_id, captioner.decoding, asked_emotion(captioner))
     with RecordFile(out, identity) as records:  # appended, then "killed": no finish()
         records.append({**reference[1], "caption": None, "error": "was unreadable then"})
-    assert len(read_records(out)) == 4
+    assert len(journal_path(out).read_bytes().splitlines()) == 4  # the CSV is rendered when a job finishes
 
     summary = caption_collection(captioner, [folder], out, recursive=True, progress=False)
 

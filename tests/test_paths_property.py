@@ -1,7 +1,8 @@
 """Property tests (hypothesis) for where artcap reads and writes. Each generator makes new cases of a class:
 
-1. paths composed from data stay inside the folder the user gave: CSV rows, a model folder being pushed, the
-   --xmp-dir mirror and sidecars, a feature cache's index, whatever mix of `..`, absolute paths and links;
+1. paths composed from data stay inside the folder the user gave: CSV rows, a model folder being pushed or
+   shipped to Ray, the --xmp-dir mirror and sidecars, a feature cache's index, whatever mix of `..`, absolute
+   paths and links;
 2. a folder walk accounts for every entry named like an image: broken and looping links, links out of the
    folder, FIFOs and sockets, files that vanish mid-job, unreadable files and folders (as a non-root user,
    since root reads through chmod 000) each end as a failed record, never a silent skip;
@@ -231,6 +232,29 @@ def test_a_push_never_uploads_or_reads_through_a_link_out_of_the_model_folder(da
         assert code != 0, (name, what, out[:300])
         assert_one_line(err, name)
         assert "private words" not in out and "would upload" not in out
+
+
+@bounded(15)
+@given(data=st.data())
+def test_a_ray_job_never_ships_a_file_through_a_link_out_of_the_model_folder(data, model_dir):
+    from artcap.ray_job import ModelBundle
+
+    with scratch() as root:
+        source = root / "source"
+        shutil.copytree(model_dir, source)
+        model = root / "model"
+        shutil.copytree(source, model)
+        outside = root / "private" / "secret.txt"
+        outside.parent.mkdir()
+        outside.write_text("private words\n")
+        name, what = data.draw(model_folder_links(model, outside))
+        if data.draw(st.booleans()):  # the link one folder down (moved as it is: out, or now broken)
+            (model / "sub").mkdir()
+            (model / name).rename(model / "sub" / name)
+        with pytest.raises(ArtcapError) as refused:
+            ModelBundle.of(model)
+        message = str(refused.value)
+        assert "\n" not in message and name in message and "Ray" in message, (name, what, message)
 
 
 @st.composite

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from artcap.collection import CaptionResult
+from artcap.caption_files import CaptionResult
 from artcap.errors import ArtcapError
 from artcap.ray_job import RAY_MISSING, ModelBundle, RayOptions, actor_cpus, in_order
 
@@ -172,8 +172,10 @@ def test_two_actors_write_the_single_process_jobs_file(collection, ray_address, 
     assert without_time(out) == without_time(reference)  # same records, same order, each image once
     assert summary.total == summary.captioned == 21
     assert [path for path, _ in summary.errors] == ["broken.jpg"]
-    assert json.loads((out.parent / "ray.jsonl.job.json").read_text()) == \
-        json.loads((reference.parent / "single.jsonl.job.json").read_text())  # the same job identity
+    manifests = [json.loads((path.parent / f"{path.name}.job.json").read_text()) for path in (out, reference)]
+    assert [{k: v for k, v in m.items() if k != "journal"} for m in manifests] == \
+        [{k: v for k, v in manifests[1].items() if k != "journal"}] * 2  # the same job identity (journal: its own name)
+    assert [m["journal"] for m in manifests] == ["ray.jsonl", "single.jsonl"]
 
 
 @pytest.mark.slow

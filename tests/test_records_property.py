@@ -1,6 +1,6 @@
 """Property-based tests of the record file's reader and repair: whatever the records hold and wherever
-a write was cut, reopening keeps exactly the complete records, and a file without artcap's manifest is
-never changed."""
+a write was cut, reopening keeps exactly the complete records; a file without artcap's manifest is
+never changed; records of another job added to a journal are refused naming their line."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from artcap.collection import RECORD_FIELDS, JobIdentity, RecordFile, manifest_path
+from artcap.records import RECORD_FIELDS, JobIdentity, RecordFile, journal_path, manifest_path
 from artcap.data import EMOTIONS
 from artcap.decode import DecodingConfig
 from artcap.errors import ArtcapError
@@ -38,14 +38,18 @@ def records(draw) -> list[dict]:
     return rows
 
 
-def write_job(path: Path, rows: list[dict]) -> list[int]:
-    """Write `rows` as a job would (killed before finishing: no rewrite); the file size after each."""
+def write_job(path: Path, rows: list[dict], finish: bool = False) -> list[int]:
+    """Write `rows` as a job would (killed before finishing: no rewrite, no CSV rendering); the
+    journal's size before the first record and after each."""
+    journal = journal_path(path)
     sizes = []
     with RecordFile(path, IDENTITY) as file:
-        sizes.append(path.stat().st_size)  # the CSV header
+        sizes.append(journal.stat().st_size)
         for row in rows:
             file.append(row)
-            sizes.append(path.stat().st_size)
+            sizes.append(journal.stat().st_size)
+        if finish:
+            file.finish()
     return sizes
 
 
@@ -59,16 +63,16 @@ def reopened(path: Path) -> list[dict]:
 def test_a_record_file_cut_anywhere_reopens_with_exactly_its_complete_records(rows, suffix, where):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"captions{suffix}"
+        journal = journal_path(path)
         sizes = write_job(path, rows)
         assert [{k: r[k] for k in RECORD_FIELDS} for r in reopened(path)] == rows  # the whole file reads back
-        data = path.read_bytes()
+        data = journal.read_bytes()
         cut = round(where * len(data))
-        path.write_bytes(data[:cut])  # killed (or out of space) in the middle of a write
+        journal.write_bytes(data[:cut])  # killed (or out of space) in the middle of a write
         complete = sum(size <= cut for size in sizes[1:])
-        header = sizes[0]
 
         assert reopened(path) == rows[:complete]
-        assert path.read_bytes() == data[:max(header, sizes[complete])]  # only the partial record is gone
+        assert journal.read_bytes() == data[:sizes[complete]]  # only the partial record is gone
         assert reopened(path) == rows[:complete]  # and the repaired file reads the same again
 
 
@@ -77,35 +81,40 @@ def test_a_record_file_cut_anywhere_reopens_with_exactly_its_complete_records(ro
 def test_the_same_file_without_its_manifest_is_never_touched(rows, suffix, where):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"captions{suffix}"
-        write_job(path, rows)
+        write_job(path, rows, finish=True)
         manifest_path(path).unlink()
-        data = path.read_bytes()
-        path.write_bytes(data[:max(1, round(where * len(data)))])
-        before = path.read_bytes()
+        journal = journal_path(path)
+        data = journal.read_bytes()
+        journal.write_bytes(data[:max(1, round(where * len(data)))])
+        before = {p: p.read_bytes() for p in (path, journal)}
 
         with pytest.raises(ArtcapError, match="not an artcap record file"):
             RecordFile(path, IDENTITY)
-        assert path.read_bytes() == before
+        assert {p: p.read_bytes() for p in (path, journal)} == before
         assert not manifest_path(path).exists()
 
 
 @SETTINGS
 @given(data=st.binary(min_size=1, max_size=300), manifest=st.one_of(st.none(), st.binary(max_size=200)),
-       suffix=st.sampled_from([".jsonl", ".csv"]))
-def test_random_bytes_are_never_modified(data, manifest, suffix):
-    """A foreign file, beside no manifest or beside random bytes as one: refused, untouched."""
+       suffix=st.sampled_from([".jsonl", ".csv"]), as_journal=st.booleans())
+def test_random_bytes_are_never_modified(data, manifest, suffix, as_journal):
+    """A foreign file (the output, or where a CSV output's journal goes), beside no manifest or beside
+    random bytes as one: refused, untouched, and no file is left behind."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"theirs{suffix}"
+        out = Path(tmp) / f"theirs{suffix}"
+        path = journal_path(out) if as_journal else out
         path.write_bytes(data)
         if manifest is not None:
-            manifest_path(path).write_bytes(manifest)
+            manifest_path(out).write_bytes(manifest)
 
         with pytest.raises(ArtcapError, match="not an artcap record file"):
-            RecordFile(path, IDENTITY)
+            RecordFile(out, IDENTITY)
         assert path.read_bytes() == data
-        assert manifest_path(path).exists() == (manifest is not None)
+        assert manifest_path(out).exists() == (manifest is not None)
         if manifest is not None:
-            assert manifest_path(path).read_bytes() == manifest
+            assert manifest_path(out).read_bytes() == manifest
+        assert sorted(p.name for p in Path(tmp).iterdir()) == sorted({path.name, *[manifest_path(out).name] * (
+            manifest is not None)})
 
 
 @SETTINGS

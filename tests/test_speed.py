@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from artcap.captioner import Captioner
-from artcap.collection import caption_paths
+from artcap.caption_files import caption_paths
 from artcap.features import FeatureCache, decoded_batches, device_decoded_batches, encoded_batches
 from artcap.gpu_decode import DEVICE_DECODE_TOLERANCE, DeviceJpegDecoder, plain_jpeg
 

@@ -30,12 +30,15 @@ def read_back(*paths: Path, tags=CAPTION_TAGS) -> dict[str, dict]:
     return {Path(r["SourceFile"]).name: r for r in json.loads(result.stdout)}
 
 
-def assert_caption_fields(record: dict, caption: str, model_id: str, decoding: dict, emotion=None) -> None:
+def assert_caption_fields(record: dict, caption: str, model_id: str, decoding: dict, emotion=None, *,
+                          description: str | None = None, creator_tool: str | None = None) -> None:
+    """artcap's fields hold the caption; `description` / `creator_tool`: a person's, kept instead."""
     assert record["XMP-iptcCore:AltTextAccessibility"] == caption
     assert record["XMP-iptcCore:AltTextAccessibility-en"] == caption
-    assert record["XMP-dc:Description"] == caption
-    assert record["XMP-dc:Description-en"] == caption
-    assert record["XMP-xmp:CreatorTool"] == f"artcap {__version__}"
+    assert record["XMP-dc:Description"] == (description or caption)
+    assert record.get("XMP-dc:Description-en") == (None if description else caption)
+    assert record["XMP-xmp:CreatorTool"] == (creator_tool or f"artcap {__version__}")
+    assert record["XMP-artcap:Caption"] == caption
     assert record["XMP-artcap:Model"] == model_id
     assert json.loads(record["XMP-artcap:Decoding"]) == decoding
     assert record.get("XMP-artcap:Emotion") == emotion
@@ -106,14 +109,23 @@ def test_an_existing_sidecar_keeps_its_other_fields(paintings):
 
     assert write_sidecar(image, "a lake at sunset", "artcap-default", {"beam": 5}, emotion="contentment") is None
     record = read_back(sidecar, tags=[*CAPTION_TAGS, *kept])[sidecar.name]
-    assert_caption_fields(record, "a lake at sunset", "artcap-default", {"beam": 5}, emotion="contentment")
+    # the curator's own description stays; the caption goes into the alt text beside it
+    assert_caption_fields(record, "a lake at sunset", "artcap-default", {"beam": 5}, emotion="contentment",
+                          description="curator's old text", creator_tool=original.get("XMP-xmp:CreatorTool"))
     assert {k: record[k] for k in original if k != "SourceFile"} == {k: v for k, v in original.items() if k != "SourceFile"}
 
     # re-captioning without an emotion removes the stale one and still keeps the curator's fields
     assert write_sidecar(image, "a lake", "other-model", {"beam": 1}) is None
     record = read_back(sidecar, tags=[*CAPTION_TAGS, *kept])[sidecar.name]
-    assert_caption_fields(record, "a lake", "other-model", {"beam": 1}, emotion=None)
+    assert_caption_fields(record, "a lake", "other-model", {"beam": 1}, emotion=None,
+                          description="curator's old text", creator_tool=original.get("XMP-xmp:CreatorTool"))
     assert record["XMP-dc:Description-fr"] == "un lac le soir" and record["XMP-xmp:Rating"] == 4
+
+    # asked for, the caption replaces the curator's description too (other languages still kept)
+    assert write_sidecar(image, "a lake", "other-model", {"beam": 1}, overwrite_description=True) is None
+    record = read_back(sidecar, tags=[*CAPTION_TAGS, *kept])[sidecar.name]
+    assert_caption_fields(record, "a lake", "other-model", {"beam": 1}, creator_tool=original.get("XMP-xmp:CreatorTool"))
+    assert record["XMP-dc:Description-fr"] == "un lac le soir"
 
 
 @needs_exiftool
@@ -132,13 +144,13 @@ def test_an_adobe_style_sidecar_with_attributes_and_unknown_namespaces(paintings
     assert write_sidecar(image, caption, "artcap-default", {"beam": 5}) is None
     record = read_back(sidecar, tags=[*CAPTION_TAGS, "-XMP-xmp:Rating", "-XMP-lr:HierarchicalSubject",
                                       "-XMP-museum:all"])[sidecar.name]
-    assert_caption_fields(record, caption, "artcap-default", {"beam": 5})
+    assert_caption_fields(record, caption, "artcap-default", {"beam": 5}, creator_tool="Adobe Lightroom")
     assert record["XMP-xmp:Rating"] == 2
     assert record["XMP-lr:HierarchicalSubject"] == ["Places|Lake"]
     assert record["XMP-museum:Accession"] == 1921.7
     text = sidecar.read_text(encoding="utf-8")
     assert 'xmlns:museum="http://example.org/museum/1.0/"' in text  # its prefix kept, not ns0
-    assert "Adobe Lightroom" not in text and ARTCAP_NS in text
+    assert ARTCAP_NS in text  # and Lightroom stays the creator tool: artcap names itself only where none is
 
 
 def test_an_unreadable_sidecar_is_left_alone(paintings):

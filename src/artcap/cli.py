@@ -14,6 +14,8 @@ from . import __version__
 from . import settings
 from .decode import DecodingConfig
 from .errors import ArtcapError
+from .names import clean_text, encode_name
+from .records import csv_cell
 from .settings import bounded
 from .stdout import StdoutWriteError, guarded_stdout
 
@@ -31,7 +33,7 @@ def _setup_logging(quiet: bool) -> None:
 # ---- caption ------------------------------------------------------------------------------------
 
 def add_caption_parser(sub) -> None:
-    from .collection import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS
+    from .caption_files import DEFAULT_BATCH_SIZE, DEFAULT_NUM_WORKERS
 
     p = sub.add_parser("caption", help="caption images or folders of images",
                        description="Caption image files and folders. Bad files are reported (exit code 1) and "
@@ -69,6 +71,9 @@ def add_caption_parser(sub) -> None:
     p.add_argument("--embed", action="store_true",
                    help="write the caption into the image files themselves with exiftool (keeps NAME_original)")
     p.add_argument("--embed-no-backup", action="store_true", help="with --embed: keep no NAME_original backups")
+    p.add_argument("--overwrite-description", action="store_true",
+                   help="with --xmp/--xmp-dir/--embed: put the caption in the alt text and description even where a "
+                        "person wrote one (by default their words are kept and the caption goes beside them)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="caption on Ray (pip install 'artcap[ray]'), with --out: alone or 'local' starts Ray on this "
                         "machine; ADDRESS (host:6379, ray://host:10001, auto) joins a cluster. Put it after the inputs")
@@ -173,7 +178,8 @@ def _metadata_writer(args):
     from .xmp import MetadataWriter, mirror_root
 
     return MetadataWriter(sidecars=args.xmp or args.xmp_dir is not None, xmp_dir=args.xmp_dir,
-                          root=mirror_root(args.inputs), embed=args.embed, backup=not args.embed_no_backup)
+                          root=mirror_root(args.inputs), embed=args.embed, backup=not args.embed_no_backup,
+                          overwrite_description=args.overwrite_description)
 
 
 def _report_failures(failed: list[tuple[str, str]], total: int) -> int:
@@ -181,14 +187,15 @@ def _report_failures(failed: list[tuple[str, str]], total: int) -> int:
         return 0
     log.error("%d of %d input(s) could not be captioned:", len(failed), total)
     for _, message in failed:
-        log.error("  %s", message)
+        log.error("  %s", clean_text(message))  # one line each, whatever the file names hold
     return 1
 
 
 def _caption_to_stdout(args, captioner, metadata) -> int:
     """Caption the inputs to stdout as text, CSV or JSON (with attention maps for attention models),
     writing --explain pictures and metadata on the way."""
-    from .collection import caption_paths
+    from .caption_files import caption_paths
+    from .explain import write_explanation
     from .images import find_images
 
     paths, errors = find_images(args.inputs, recursive=args.recursive)
@@ -205,8 +212,9 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
             if error is None and metadata.enabled:
                 error = metadata.write(result.path, result.caption, captioner.source, decoding.to_dict(),
                                        result.description.emotion)
-            if error is None and args.explain is not None:
-                _save_explanation(args.explain, result, captioner.feature_spec.grid_size)
+            if error is None and args.explain is not None:  # a picture that cannot be written fails its image only
+                error = write_explanation(result.path, result.description, captioner.feature_spec.grid_size,
+                                          args.explain)
             if error:
                 failed.append((str(result.path), error))
             printer.add(_stdout_record(result, error, captioner.feature_spec.grid_size))
@@ -216,25 +224,19 @@ def _caption_to_stdout(args, captioner, metadata) -> int:
 
 def _stdout_record(result, error: str | None, grid_size: int) -> dict:
     description = result.description
-    record = {"path": str(result.path), "caption": result.caption, "error": error,
+    record = {"path": result.path, "caption": result.caption, "error": error,
               "emotion": description.emotion if description else None,
               "emotion_scores": description.emotion_scores if description else None}
     if description is not None and description.attention is not None:
-        record["words"] = [{"word": w, "attention": m}
+        record["words"] = [{"word": clean_text(w), "attention": m}
                            for w, m in zip(description.words, description.attention_maps(grid_size))]
     return record
 
 
-def _save_explanation(folder: Path, result, grid_size: int) -> None:
-    from .explain import save_attention_figure
-    from .images import load_image
-
-    image = load_image(result.path)
-    save_attention_figure(image, result.description, grid_size, folder / f"{result.path.name}.png")
-
-
 class _RecordPrinter:
-    """Writes caption records to stdout as they come: `path<TAB>caption` lines, CSV rows, or one JSON document."""
+    """Writes caption records to stdout as they come: `path<TAB>caption` lines, CSV rows, or one JSON
+    document. Every format names a file by names.encode_name and writes text through names.clean_text
+    (CSV cells through records.csv_cell), so each stays well-formed whatever the names hold."""
 
     def __init__(self, fmt: str, captioner, decoding) -> None:
         self.format, self.captioner, self.decoding, self.records = fmt, captioner, decoding, []
@@ -243,13 +245,13 @@ class _RecordPrinter:
             self.csv.writerow(["path", "caption", "error", "emotion", "emotion_scores"])
 
     def add(self, record: dict) -> None:
+        record = {**record, "path": encode_name(record["path"]),
+                  **{k: clean_text(record[k]) if record[k] is not None else None for k in ("caption", "error")}}
         if self.format == "text":
             if record["caption"] is not None:
                 print(f"{record['path']}\t{record['caption']}", flush=True)
         elif self.csv:
-            scores = record.get("emotion_scores")
-            self.csv.writerow([record["path"], record["caption"] or "", record["error"] or "", record.get("emotion") or "",
-                               json.dumps(scores) if scores else ""])
+            self.csv.writerow([csv_cell(record[k]) for k in ("path", "caption", "error", "emotion", "emotion_scores")])
             sys.stdout.flush()
         else:
             self.records.append(record)

@@ -1,5 +1,5 @@
 """Captioning a IIIF manifest or collection: canvases' images fetched a few at a time while the model
-works, one record per canvas in a resumable record file (collection.RecordFile, keyed by canvas id),
+works, one record per canvas in a resumable record file (records.RecordFile, keyed by canvas id),
 and one AnnotationPage per manifest.
 
     summary = caption_iiif(captioner, "https://example.org/manifest.json", out=Path("captions.jsonl"))
@@ -24,12 +24,13 @@ import numpy as np
 import torch
 
 from .annotations import annotation_page
+from .caption_files import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_BATCH_SIZE
 from .captioner import Captioner, Description, emotion_name
-from .collection import DEFAULT_BATCH_SIZE, DEFAULT_DECODE_BATCH_SIZE, JobIdentity, RecordFile
 from .decode import DecodingConfig
 from .errors import ArtcapError
 from .iiif import (Canvas, CanvasError, FetchLimits, IIIFClient, Manifest, TooManyCanvases, fetch_canvas_image,
                    read_manifests)
+from .records import JobIdentity, RecordFile
 
 
 # The model step: model-size uint8 images -> one Description each. The default runs the captioner

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from artcap.errors import ArtcapError
+from artcap.names import clean_text
 from artcap.paths import walk_folder
 
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -71,8 +72,8 @@ class ImageLoadError(ArtcapError):
         if hint is None:
             hint = next((h for key, h in _HINTS.items() if reason.startswith(key)), None)
         self.hint = hint
-        message = f"{source}: {reason}" + (f"; {hint}" if hint else "")
-        super().__init__(" ".join(message.split()))  # always one line
+        # always one line; the name through names.clean_text (a tab in it shows as \t, not as a space)
+        super().__init__(f"{clean_text(source)}: " + " ".join((reason + (f"; {hint}" if hint else "")).split()))
 
     def __reduce__(self):  # keep picklable across worker processes
         return (type(self), (self.source, self.reason, self.hint))

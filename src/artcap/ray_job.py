@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from .collection import DEFAULT_BATCH_SIZE, CaptionResult, CollectionSummary, caption_collection, caption_paths
+from .caption_files import DEFAULT_BATCH_SIZE, CaptionResult, caption_paths
+from .collection import CollectionSummary, caption_collection
 from .decode import DecodingConfig
 from .errors import ArtcapError
+from .paths import walk_folder
 
 RAY_MISSING = "Ray is not installed: pip install 'artcap[ray]'"
 LOCAL = "local"  # --ray local: start a Ray instance on this machine (testing, one big machine)
@@ -88,7 +90,14 @@ class ModelBundle:
 
     @classmethod
     def of(cls, folder: Path) -> "ModelBundle":
-        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        """The files under `folder`, listed by paths.walk_folder: one ArtcapError line, before anything is
+        read, for a link out of the folder (its target is not the model's to ship), broken or looping."""
+        entries = walk_folder(Path(folder), recursive=True, wanted=lambda name: True)
+        refused = [entry for entry in entries if entry.problem]
+        if refused:
+            more = f" ({len(refused) - 1} more file(s) like it)" if len(refused) > 1 else ""
+            raise ArtcapError(f"{refused[0].path}: {refused[0].problem}{more}; the model cannot be shipped to Ray")
+        files = {e.path.relative_to(folder).as_posix(): e.path.read_bytes() for e in entries}
         digest = hashlib.sha256()
         for name, data in files.items():
             digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())

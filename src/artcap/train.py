@@ -4,7 +4,8 @@ A run folder holds everything needed to resume, evaluate and reproduce:
     config.toml      the configuration as used          splits.json   train/val/test image ids
     vocab.json       the vocabulary                     history.json  per-epoch losses and timing
     checkpoint.pt    model + optimiser + position       model/        best-by-val model folder
-    loss.png         loss curves
+    loss.png         loss curves                        .artcap-run.json  says artcap made the folder
+A new run goes only into a missing or empty folder, or an artcap run folder (check_new_run_folder).
 Run it data-parallel with `torchrun --nproc-per-node N -m artcap train ...` (gloo on CPU, NCCL on GPU):
 the global batch is split across processes, so the curve matches one process within noise.
 """
@@ -248,9 +249,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         torch.cuda.set_device(device)
     run = Path(config.run.out)
     checkpoint_path = run / "checkpoint.pt"
-    if not resume and checkpoint_path.exists():
-        raise ArtcapError(f"{run}: a run already exists there; continue it with --resume {run}, "
-                          f"or choose another folder with --set run.out=...")
+    if not resume:
+        check_new_run_folder(run)
     if config.optim.batch_size % world:
         raise ArtcapError(f"batch_size {config.optim.batch_size} must be divisible by the {world} processes")
 
@@ -348,8 +348,32 @@ def _check_splits(corpus: Corpus) -> None:
         log.warning("without validation paintings, the last epoch's model is exported")
 
 
+# Written first into every run folder: a folder without it that holds anything is not artcap's to write into.
+RUN_MARKER = ".artcap-run.json"
+
+
+def check_new_run_folder(run: Path) -> None:
+    """A new run goes only into a folder that is missing, empty, or an artcap run folder without a
+    checkpoint (one stopped before its first: it starts over); anything else is refused in one line, so
+    a file artcap did not write (a config.toml, vocab.json or model/ of someone's) is never replaced."""
+    if (run / "checkpoint.pt").exists():
+        raise ArtcapError(f"{run}: a run already exists there; continue it with --resume {run}, "
+                          f"or choose another folder with --set run.out=...")
+    if run.exists() and not run.is_dir():
+        raise ArtcapError(f"{run}: is a file, not a folder; choose another folder with --set run.out=...")
+    try:
+        entries = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+    except OSError as e:
+        raise ArtcapError(f"{run}: cannot read the folder ({e.strerror or e}); choose another with --set run.out=...") from None
+    if entries and RUN_MARKER not in entries:
+        shown = ", ".join(entries[:4]) + (", ..." if len(entries) > 4 else "")
+        raise ArtcapError(f"{run}: holds files artcap did not write ({shown}), so no run is started there; "
+                          f"choose a new or empty folder with --set run.out=...")
+
+
 def _write_run_files(run: Path, config: TrainConfig, corpus: Corpus) -> None:
     run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / RUN_MARKER, {"format": "artcap-run", "version": 1})
     config.save(run / "config.toml")
     atomic_write_json(run / "splits.json", corpus.data.splits)
     corpus.data.vocab.save(run / "vocab.json")

@@ -8,14 +8,20 @@ the image files by exiftool.
         error = writer.write(Path("a.jpg"), "a painting of a woman", "artcap-default", {"beam": 5})
 
 Both return None on success or a one-line error naming the file, so a folder job can record the
-failure of one image and go on with the others. What is written, in either place:
+failure of one image and go on with the others. What is written, in either place, by one ownership
+rule (a person's words are never replaced):
 
 - `Iptc4xmpCore:AltTextAccessibility` (IPTC Photo Metadata 2021.1 "Alt Text (Accessibility)") and
   `dc:description`, each a language alternative with `x-default` and `en` set to the caption (other
-  languages already there are kept);
-- `xmp:CreatorTool` = "artcap VERSION";
-- in the artcap namespace (ARTCAP_NS, prefix `artcap`): `artcap:Model` (the model id),
-  `artcap:Decoding` (the decoding settings as compact JSON) and, when given, `artcap:Emotion`.
+  languages already there are kept) -- each only where its x-default and en are absent, blank, or the
+  caption artcap wrote there last (`overwrite_description=True` replaces them anyway);
+- `xmp:CreatorTool` = "artcap VERSION", only where no other tool is named;
+- in the artcap namespace (ARTCAP_NS, prefix `artcap`), always: `artcap:Caption` (the caption),
+  `artcap:Model` (the model id), `artcap:Decoding` (the decoding settings as compact JSON) and, when
+  given, `artcap:Emotion`.
+
+Every text goes through names.clean_text, so any caption is legal XML. A read-only sidecar is left as
+it is (a failed record), and so are its comments and every property not named above.
 
 A sidecar is named after the whole image file name: `a.jpg` -> `a.jpg.xmp` (darktable's and
 digiKam's convention, which exiftool reads and writes with `%d%f.%e.xmp`). Lightroom's `a.xmp`
@@ -40,6 +46,7 @@ from . import __version__
 from .errors import ArtcapError
 from .images import single_input_folder
 from .io import atomic_write_text
+from .names import clean_text
 from .paths import OutsideRootError, confined
 from .text import one_line
 
@@ -64,11 +71,16 @@ EXIFTOOL_INSTALL_HINT = ("install it (Debian/Ubuntu: apt-get install libimage-ex
 
 @dataclass(frozen=True)
 class CaptionMetadata:
-    """What artcap writes about one image, in XMP terms."""
+    """What artcap writes about one image, in XMP terms. Every text goes through names.clean_text, so a
+    caption from any vocabulary is legal XML and one line."""
     caption: str
     model_id: str
     decoding: Mapping[str, Any]
     emotion: str | None = None
+
+    @property
+    def text(self) -> str:
+        return clean_text(self.caption)
 
     @property
     def creator_tool(self) -> str:
@@ -78,13 +90,44 @@ class CaptionMetadata:
     def decoding_json(self) -> str:
         return json.dumps(dict(self.decoding), sort_keys=True, separators=(",", ":"))
 
-    def simple_properties(self) -> dict[tuple[str, str], str | None]:
-        """(namespace, name) -> value; None removes the property (a stale emotion must not stay)."""
-        return {(XMP_NS, "CreatorTool"): self.creator_tool, (ARTCAP_NS, "Model"): self.model_id,
-                (ARTCAP_NS, "Decoding"): self.decoding_json, (ARTCAP_NS, "Emotion"): self.emotion}
+    def artcap_properties(self) -> dict[tuple[str, str], str | None]:
+        """artcap's own properties, always written; None removes one (a stale emotion must not stay)."""
+        return {(ARTCAP_NS, "Model"): clean_text(self.model_id), (ARTCAP_NS, "Decoding"): self.decoding_json,
+                (ARTCAP_NS, "Emotion"): None if self.emotion is None else clean_text(self.emotion),
+                (ARTCAP_NS, "Caption"): self.text}
 
-    def caption_properties(self) -> list[tuple[str, str]]:
-        return [(IPTC_CORE_NS, "AltTextAccessibility"), (DC_NS, "description")]
+
+# ---- the ownership rule: which fields artcap may write -------------------------------------------------
+
+CAPTION_PROPERTIES = ((IPTC_CORE_NS, "AltTextAccessibility"), (DC_NS, "description"))
+CREATOR_TOOL = (XMP_NS, "CreatorTool")
+
+
+@dataclass(frozen=True)
+class ExistingFields:
+    """What a sidecar or image already holds in the fields artcap may write."""
+    # each caption property -> {language: text}; None when it is there but not a language alternative
+    alternatives: Mapping[tuple[str, str], Mapping[str, str] | None]
+    creator_tool: str | None = None
+    previous_caption: str | None = None  # the caption artcap wrote there last (artcap:Caption)
+
+
+def caption_properties_to_write(existing: ExistingFields, overwrite: bool = False) -> list[tuple[str, str]]:
+    """The caption properties artcap writes the caption into: each one whose x-default and en entries are
+    absent, blank, or the caption artcap wrote there last. One that holds a person's words is left as it
+    is (the caption still goes into the other one, and always into artcap:Caption), unless `overwrite`
+    (--overwrite-description)."""
+    def free(entries: Mapping[str, str] | None) -> bool:
+        if entries is None:
+            return False
+        return all(not text.strip() or text == existing.previous_caption
+                   for language, text in entries.items() if language in CAPTION_LANGUAGES)
+    return [p for p in CAPTION_PROPERTIES if overwrite or free(existing.alternatives.get(p, {}))]
+
+
+def creator_tool_is_free(existing: ExistingFields) -> bool:
+    """xmp:CreatorTool names the tool that made the resource: artcap names itself only where none is named."""
+    return existing.creator_tool is None or existing.creator_tool.startswith("artcap ")
 
 
 # ---- sidecars -----------------------------------------------------------------------------------------
@@ -122,18 +165,22 @@ def _mirror_relative(image: Path, root: Path | None) -> PurePath:
 
 
 def write_sidecar(image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
-                  emotion: str | None = None, *, sidecar: str | os.PathLike | None = None) -> str | None:
+                  emotion: str | None = None, *, sidecar: str | os.PathLike | None = None,
+                  overwrite_description: bool = False) -> str | None:
     """Write or update the XMP sidecar of `image` (default: `sidecar_path(image)`). Returns None,
-    or a one-line error naming the sidecar (an unreadable existing sidecar is left as it is). A full
-    disk raises io's ArtcapError instead: no later image could be written either."""
+    or a one-line error naming the sidecar: an existing sidecar that is not XMP or is read-only is left
+    as it is. A full disk raises io's ArtcapError instead: no later image could be written either."""
     path = Path(sidecar) if sidecar is not None else sidecar_path(image)
     metadata = CaptionMetadata(caption, model_id, decoding, emotion)
     try:
         existing = path.read_bytes() if path.exists() else None
     except OSError as e:
         return f"{path}: cannot read the existing sidecar ({e.strerror or e})"
+    if existing is not None and _read_only(path):
+        return (f"{path}: the sidecar is read-only, so artcap leaves it as it is; make it writable to have the "
+                f"caption added, or write the sidecars elsewhere with --xmp-dir")
     try:
-        text = update_xmp(existing, metadata)
+        text = update_xmp(existing, metadata, overwrite_description=overwrite_description)
     except ArtcapError as e:
         return f"{path}: {e}"
     try:
@@ -144,26 +191,65 @@ def write_sidecar(image: str | os.PathLike, caption: str, model_id: str, decodin
     return None
 
 
-def update_xmp(existing: bytes | None, metadata: CaptionMetadata) -> str:
-    """The XMP packet `existing` (None: a new one) with artcap's properties set, as text.
-    Raises ArtcapError when `existing` is not XMP, so a file artcap cannot read is never replaced."""
-    if existing is None or not existing.strip():
-        root = _new_packet()
-    else:
-        root = _parse_packet(existing)
+def _read_only(path: Path) -> bool:
+    """No one may write it (its mode says so even to root, who may write anything), or we may not."""
+    return not (path.stat().st_mode & 0o222) or not os.access(path, os.W_OK)
+
+
+def update_xmp(existing: bytes | None, metadata: CaptionMetadata, *, overwrite_description: bool = False) -> str:
+    """The XMP packet `existing` (None: a new one) with artcap's fields set, as text. Only the fields
+    the ownership rule gives artcap are written (caption_properties_to_write, creator_tool_is_free,
+    artcap's own namespace); everything else, comments included, is kept. Raises ArtcapError when
+    `existing` is not XMP, so a file artcap cannot read is never replaced."""
+    new = existing is None or not existing.strip()
+    root, outside = (_new_packet(), ([], [])) if new else _parse_packet(existing)
     rdf = root if root.tag == f"{{{RDF_NS}}}RDF" else root.find(f".//{{{RDF_NS}}}RDF")
     if rdf is None:
         raise ArtcapError("not an XMP sidecar (no rdf:RDF element); move it away or fix it")
     descriptions = rdf.findall(f"{{{RDF_NS}}}Description")
     if not descriptions:
         descriptions = [ET.SubElement(rdf, f"{{{RDF_NS}}}Description", {f"{{{RDF_NS}}}about": ""})]
-    for namespace, name in metadata.caption_properties():
-        _set_language_alternative(descriptions, namespace, name, metadata.caption)
-    for (namespace, name), value in metadata.simple_properties().items():
+    fields = _existing_fields(descriptions)
+    for namespace, name in caption_properties_to_write(fields, overwrite_description):
+        _set_language_alternative(descriptions, namespace, name, metadata.text)
+    if creator_tool_is_free(fields):
+        _set_simple(descriptions, *CREATOR_TOOL, metadata.creator_tool)
+    for (namespace, name), value in metadata.artcap_properties().items():
         _set_simple(descriptions, namespace, name, value)
-    if root.tag == f"{{{X_NS}}}xmpmeta":
+    if new and root.tag == f"{{{X_NS}}}xmpmeta":
         root.set(f"{{{X_NS}}}xmptk", metadata.creator_tool)
-    return _serialize(root)
+    return _serialize(root, outside)
+
+
+def _existing_fields(descriptions: list[ET.Element]) -> ExistingFields:
+    def simple(namespace: str, name: str) -> str | None:
+        tag = f"{{{namespace}}}{name}"
+        for description in descriptions:
+            if tag in description.attrib:
+                return description.attrib[tag]
+            child = description.find(tag)
+            if child is not None:
+                return child.text or ""
+        return None
+
+    alternatives: dict[tuple[str, str], dict[str, str] | None] = {}
+    for namespace, name in CAPTION_PROPERTIES:
+        tag = f"{{{namespace}}}{name}"
+        if any(tag in d.attrib for d in descriptions):
+            alternatives[(namespace, name)] = None
+            continue
+        for element in (e for d in descriptions for e in d.findall(tag)):
+            alt = element.find(f"{{{RDF_NS}}}Alt")
+            if alt is None:
+                alternatives[(namespace, name)] = None
+                break
+            entries = alternatives.setdefault((namespace, name), {})
+            if entries is not None:
+                entries.update((li.get(XML_LANG, ""), li.text or "") for li in alt.findall(f"{{{RDF_NS}}}li"))
+    previous = simple(ARTCAP_NS, "Caption")
+    if previous is None and simple(ARTCAP_NS, "Model") is not None:  # written before artcap:Caption existed
+        previous = (alternatives.get(CAPTION_PROPERTIES[0]) or {}).get("x-default")
+    return ExistingFields(alternatives, simple(*CREATOR_TOOL), previous)
 
 
 def _new_packet() -> ET.Element:
@@ -172,29 +258,44 @@ def _new_packet() -> ET.Element:
     return root
 
 
-def _parse_packet(data: bytes) -> ET.Element:
-    # Keep the file's own prefixes (ElementTree would otherwise invent ns0, ns1, ... on writing).
+def _parse_packet(data: bytes) -> tuple[ET.Element, tuple[list[str], list[str]]]:
+    """The packet's root element, with its comments and processing instructions, and the comments and
+    processing instructions before and after it (the xpacket wrapper aside: artcap writes its own)."""
     prefixes: dict[str, str] = {}
-    parser = ET.XMLPullParser(events=("start-ns",))
+    outside: tuple[list[str], list[str]] = ([], [])
+    depth, seen_root = 0, False
+    parser = ET.XMLPullParser(events=("start-ns", "start", "end", "comment", "pi"))
     try:
         parser.feed(data)
         parser.close()
-        for _, (prefix, uri) in parser.read_events():
-            prefixes.setdefault(prefix, uri)
-        root = ET.fromstring(data)
+        for event, item in parser.read_events():
+            if event == "start-ns":
+                prefixes.setdefault(*item)
+            elif event in ("start", "end"):
+                depth += 1 if event == "start" else -1
+                seen_root = True
+            elif depth == 0 and not (event == "pi" and (item.text or "").startswith("xpacket")):
+                outside[seen_root].append(ET.tostring(item, encoding="unicode"))
+        tree = ET.TreeBuilder(insert_comments=True, insert_pis=True)  # a person's comments are kept
+        root = ET.fromstring(data, parser=ET.XMLParser(target=tree))
     except ET.ParseError as e:
         raise ArtcapError(f"not readable XML ({e}); artcap leaves it as it is: fix it or move it away") from None
+    # Keep the file's own prefixes (ElementTree would otherwise invent ns0, ns1, ... on writing).
     for prefix, uri in prefixes.items():
         if prefix and not re.fullmatch(r"ns\d+", prefix) and uri not in STANDARD_PREFIXES.values():
             ET.register_namespace(prefix, uri)
-    return root
+    return root, outside
 
 
-def _serialize(root: ET.Element) -> str:
+def _serialize(root: ET.Element, outside: tuple[list[str], list[str]]) -> str:
     for prefix, uri in STANDARD_PREFIXES.items():
         ET.register_namespace(prefix, uri)
     ET.indent(root, space=" ")
-    return f"{XPACKET_BEGIN}\n{ET.tostring(root, encoding='unicode')}\n{XPACKET_END}\n"
+    # ElementTree writes a carriage return in text as it is, which a reader takes for a line feed: as a
+    # character reference it stays one (only text can hold one here: a parsed comment never does).
+    body = ET.tostring(root, encoding="unicode").replace("\r", "&#13;")
+    before, after = ("".join(f"{item}\n" for item in items) for items in outside)
+    return f"{XPACKET_BEGIN}\n{before}{body}\n{after}{XPACKET_END}\n"
 
 
 def _remove_property(descriptions: list[ET.Element], tag: str) -> list[ET.Element]:
@@ -216,13 +317,14 @@ def _set_simple(descriptions: list[ET.Element], namespace: str, name: str, value
 
 
 def _set_language_alternative(descriptions: list[ET.Element], namespace: str, name: str, text: str) -> None:
-    """Set the x-default and en entries of an rdf:Alt property, keeping its other languages."""
+    """Set the x-default and en entries of an rdf:Alt property, keeping its other languages and comments."""
     tag = f"{{{namespace}}}{name}"
     kept: list[ET.Element] = []
     for old in _remove_property(descriptions, tag):
         alt = old.find(f"{{{RDF_NS}}}Alt")
         if alt is not None:
-            kept += [li for li in alt.findall(f"{{{RDF_NS}}}li") if li.get(XML_LANG) not in CAPTION_LANGUAGES]
+            kept += [item for item in alt if item.tag is ET.Comment or (
+                item.tag == f"{{{RDF_NS}}}li" and item.get(XML_LANG) not in CAPTION_LANGUAGES)]
     alt = ET.SubElement(ET.SubElement(descriptions[0], tag), f"{{{RDF_NS}}}Alt")
     for language in CAPTION_LANGUAGES:  # x-default first: readers that take one value take the first
         ET.SubElement(alt, f"{{{RDF_NS}}}li", {XML_LANG: language}).text = text
@@ -245,6 +347,7 @@ EXIFTOOL_CONFIG = f"""\
     Model => {{ }},
     Decoding => {{ }},
     Emotion => {{ }},
+    Caption => {{ }},
 );
 1;
 """
@@ -258,16 +361,39 @@ def find_exiftool() -> str:
     return path
 
 
-def exiftool_arguments(metadata: CaptionMetadata) -> list[str]:
-    """The exiftool tag assignments that write `metadata` (the same properties as a sidecar)."""
-    caption = one_line(metadata.caption)
+# exiftool's names for the properties artcap writes
+EXIFTOOL_TAGS = {(IPTC_CORE_NS, "AltTextAccessibility"): "XMP-iptcCore:AltTextAccessibility",
+                 (DC_NS, "description"): "XMP-dc:Description", CREATOR_TOOL: "XMP-xmp:CreatorTool",
+                 **{(ARTCAP_NS, name): f"XMP-artcap:{name}" for name in ("Model", "Decoding", "Emotion", "Caption")}}
+
+
+def exiftool_arguments(metadata: CaptionMetadata, existing: ExistingFields | None = None,
+                       overwrite_description: bool = False) -> list[str]:
+    """The exiftool tag assignments that write `metadata` into a file holding `existing` (None: a file
+    with none of these fields): the same fields, by the same rule, as a sidecar."""
+    existing = existing or ExistingFields({})
     arguments = []
-    for group, name in [("XMP-iptcCore", "AltTextAccessibility"), ("XMP-dc", "Description")]:
-        arguments += [f"-{group}:{name}={caption}", f"-{group}:{name}-en={caption}"]
-    values = {"XMP-xmp:CreatorTool": metadata.creator_tool, "XMP-artcap:Model": metadata.model_id,
-              "XMP-artcap:Decoding": metadata.decoding_json, "XMP-artcap:Emotion": metadata.emotion}
-    arguments += [f"-{tag}={one_line(value) if value is not None else ''}" for tag, value in values.items()]
+    for prop in caption_properties_to_write(existing, overwrite_description):
+        arguments += [f"-{EXIFTOOL_TAGS[prop]}={metadata.text}", f"-{EXIFTOOL_TAGS[prop]}-en={metadata.text}"]
+    values = dict(metadata.artcap_properties())
+    if creator_tool_is_free(existing):
+        values[CREATOR_TOOL] = metadata.creator_tool
+    arguments += [f"-{EXIFTOOL_TAGS[prop]}={value if value is not None else ''}" for prop, value in values.items()]
     return arguments
+
+
+def _exiftool_fields(found: Mapping[str, Any]) -> ExistingFields:
+    """ExistingFields from exiftool's JSON reading of a file (`-j -G1`, EXIFTOOL_TAGS)."""
+    def value(tag: str) -> str | None:
+        return None if tag not in found else str(found[tag])
+
+    alternatives = {prop: {language: value(tag) for language, tag in
+                           (("x-default", EXIFTOOL_TAGS[prop]), ("en", f"{EXIFTOOL_TAGS[prop]}-en"))
+                           if value(tag) is not None} for prop in CAPTION_PROPERTIES}
+    previous = value("XMP-artcap:Caption")
+    if previous is None and value("XMP-artcap:Model") is not None:  # written before artcap:Caption existed
+        previous = alternatives[CAPTION_PROPERTIES[0]].get("x-default")
+    return ExistingFields(alternatives, value(EXIFTOOL_TAGS[CREATOR_TOOL]), previous)
 
 
 class ExifTool:
@@ -296,19 +422,41 @@ class ExifTool:
         self._sequence = 0
 
     def embed(self, image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
-              emotion: str | None = None) -> str | None:
-        """Write the caption's XMP into `image`. Returns None, or a one-line error naming the image."""
+              emotion: str | None = None, *, overwrite_description: bool = False) -> str | None:
+        """Write the caption's XMP into `image` (only the fields the ownership rule gives artcap, as in a
+        sidecar). Returns None, or a one-line error naming the image."""
         image = Path(image)
         if "\n" in str(image) or "\r" in str(image):
             return f"{image}: exiftool cannot be given a file name with a line break; rename the file"
         if not image.is_file():
             return f"{image}: no such image file"
-        arguments = exiftool_arguments(CaptionMetadata(caption, model_id, decoding, emotion))
+        existing = self.read_fields(image)
+        if isinstance(existing, str):
+            return existing
+        arguments = exiftool_arguments(CaptionMetadata(caption, model_id, decoding, emotion), existing,
+                                       overwrite_description)
         arguments += ["-charset", "filename=utf8", "-m"]  # -m: minor warnings do not stop the write
         if not self.backup:
             arguments.append("-overwrite_original")
-        output = self.execute([*arguments, os.path.abspath(image)])
-        return _embed_error(image, output)
+        temporary = image.with_name(image.name + "_exiftool_tmp")  # where exiftool writes the new file first
+        was_there = temporary.exists()
+        try:
+            error = _embed_error(image, self.execute([*arguments, os.path.abspath(image)]))
+        finally:
+            if not was_there:  # what an exiftool that failed or died left behind would make every retry fail
+                temporary.unlink(missing_ok=True)
+        if error and was_there:
+            error += f"; if no exiftool is running, remove {temporary.name}, left by an interrupted one"
+        return error
+
+    def read_fields(self, image: Path) -> ExistingFields | str:
+        """What `image` holds in the fields artcap may write, or a one-line error naming it."""
+        output = self.execute(["-j", "-G1", "-charset", "filename=utf8", *(f"-{t}" for t in EXIFTOOL_TAGS.values()),
+                               *(f"-{EXIFTOOL_TAGS[p]}-en" for p in CAPTION_PROPERTIES), os.path.abspath(image)])
+        try:
+            return _exiftool_fields(json.loads(output[output.index("["):])[0])
+        except (ValueError, IndexError, KeyError):
+            return f"{image}: exiftool cannot read its metadata ({one_line(output) or 'no answer'})"
 
     def execute(self, arguments: list[str]) -> str:
         """Run one exiftool command on the open process; return what it printed (stdout and stderr)."""
@@ -325,7 +473,14 @@ class ExifTool:
             if line.rstrip(b"\r\n") == ready:
                 return b"".join(output).decode("utf-8", "replace")
             output.append(line)
-        raise ArtcapError(f"exiftool stopped unexpectedly: {one_line(b''.join(output).decode('utf-8', 'replace'))}")
+        said = one_line(b"".join(output).decode("utf-8", "replace"))
+        try:
+            code = self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            code = None
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise ArtcapError(f"exiftool stopped unexpectedly ({how}){': ' + said if said else ''}; "
+                          f"run the same command again to resume")
 
     def close(self) -> None:
         if self._process.poll() is None:
@@ -360,10 +515,10 @@ def _embed_error(image: Path, output: str) -> str | None:
 
 
 def embed_metadata(image: str | os.PathLike, caption: str, model_id: str, decoding: Mapping[str, Any],
-                   emotion: str | None = None, *, backup: bool = True) -> str | None:
+                   emotion: str | None = None, *, backup: bool = True, overwrite_description: bool = False) -> str | None:
     """`ExifTool.embed` for a single image (a folder job keeps one ExifTool open instead)."""
     with ExifTool(backup=backup) as exiftool:
-        return exiftool.embed(image, caption, model_id, decoding, emotion)
+        return exiftool.embed(image, caption, model_id, decoding, emotion, overwrite_description=overwrite_description)
 
 
 # ---- what a folder job writes ---------------------------------------------------------------------------
@@ -382,6 +537,7 @@ class MetadataWriter:
     root: Path | None = None
     embed: bool = False
     backup: bool = True
+    overwrite_description: bool = False  # replace a person's alt text and description (--overwrite-description)
     _exiftool: ExifTool | None = field(default=None, init=False, repr=False)
 
     @property
@@ -397,6 +553,8 @@ class MetadataWriter:
             parts.append("xmp")
         if self.embed:
             parts.append("embed" if self.backup else "embed-no-backup")
+        if self.overwrite_description and parts:
+            parts.append("overwrite-description")
         return ",".join(parts)
 
     def __enter__(self) -> "MetadataWriter":
@@ -416,11 +574,13 @@ class MetadataWriter:
         if self.sidecars or self.xmp_dir is not None:
             try:
                 target = sidecar_path(image, xmp_dir=self.xmp_dir, root=self.root)
-                errors.append(write_sidecar(image, caption, model_id, decoding, emotion, sidecar=target))
+                errors.append(write_sidecar(image, caption, model_id, decoding, emotion, sidecar=target,
+                                            overwrite_description=self.overwrite_description))
             except OutsideRootError as e:  # this image's failure; the others go on
                 errors.append(str(e))
         if self.embed:
             if self._exiftool is None:
                 raise RuntimeError("MetadataWriter.write with embed=True needs `with MetadataWriter(...)`")
-            errors.append(self._exiftool.embed(image, caption, model_id, decoding, emotion))
+            errors.append(self._exiftool.embed(image, caption, model_id, decoding, emotion,
+                                               overwrite_description=self.overwrite_description))
         return "; ".join(e for e in errors if e) or None
