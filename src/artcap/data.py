@@ -82,9 +82,8 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
                     duplicates.append((line, first_seen[key]))
                     continue
                 first_seen[key] = line
-                row = make_row(line, {name: values[i].strip() for name, i in where.items()}, locate)
-                if extra and not isinstance(row, tuple):
-                    row = replace(row, columns=tuple((name, values[i].strip()) for name, i in extra.items()))
+                row = _with_columns(make_row(line, {name: values[i].strip() for name, i in where.items()}, locate),
+                                    values, extra)
                 (problems if isinstance(row, tuple) else annotations).append(row)
     except UnicodeDecodeError as e:
         raise ArtcapError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
@@ -143,6 +142,13 @@ def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
         start, end = end + 1, reader.line_num
         if values:  # a blank line
             yield start, values
+
+
+def _with_columns(row: Annotation | tuple[int, str], values: list[str], extra: dict[str, int]):
+    """The row's annotation with the file's extra columns (what conditions other than emotion read)."""
+    if not extra or isinstance(row, tuple):
+        return row
+    return replace(row, columns=tuple((name, values[i].strip()) for name, i in extra.items()))
 
 
 def _row_format(path: Path, header: list[str]) -> tuple[tuple[str, ...], RowMaker]:
