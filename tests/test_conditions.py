@@ -211,3 +211,29 @@ def test_guidance_contrasts_the_asked_value_against_every_value_of_that_conditio
 def test_a_value_outside_a_condition_reads_as_missing():
     assert PERIOD.id_of("early") == 0 and PERIOD.id_of("medieval") == NO_VALUE and PERIOD.id_of(None) == NO_VALUE
     assert EMOTION.dominant(["fear", None, "awe", "fear"]) == EMOTION.values.index("fear")
+
+
+@settings(max_examples=10, deadline=None)
+@given(values=st.lists(st.sampled_from(["early", "late", "Early", "", "medieval"]), min_size=6, max_size=6))
+def test_every_caption_carries_its_rows_value_into_the_table(values, artemis_subset, tmp_path_factory):
+    """Whatever a CSV column holds, each caption's id in the table is its own row's value (NO_VALUE for a blank or
+    a value outside the condition): read through data.Annotation, kept with its caption through the preset."""
+    from artcap.corpus import Corpus, caption_table
+    from artcap.data import prepare, read_annotations
+
+    register_condition(PERIOD)
+    csv_path, images = artemis_subset
+    out = tmp_path_factory.mktemp("values") / "rows.csv"
+    with open(csv_path, newline="", encoding="utf-8") as f_in, open(out, "w", newline="", encoding="utf-8") as f_out:
+        reader = csv.DictReader(f_in)
+        writer = csv.DictWriter(f_out, [*reader.fieldnames, "period"])
+        writer.writeheader()
+        for row, value in zip(reader, values):
+            writer.writerow({**row, "period": value})
+    annotations = read_annotations(out, images)
+    ids = sorted({a.image_id for a in annotations})
+    data = prepare(annotations, "paper", {"train": ids, "val": [], "test": []})
+    table = caption_table(Corpus(annotations, data, None, {i: n for n, i in enumerate(ids)}), "train", 40)
+    expected = [PERIOD.id_of(a.column("period")) for i in ids for a in data.sources[i]]
+    assert table.conditions["period"].tolist() == expected
+    assert len(expected) == len(values) and expected.count(NO_VALUE) == sum(v not in PERIOD.values for v in values)
