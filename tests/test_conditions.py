@@ -24,7 +24,8 @@ from conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit whose pipeline threaded the emotion by hand: the reference the shipped models must caption like.
-REFERENCE_COMMIT = "cc02985"
+# A later change that alters captions on purpose (a new decoding default) moves it to that change's commit.
+REFERENCE_COMMIT = "c871d49"
 
 # Captions of shipped models on real paintings, printed as JSON: run once on the reference tree and once on this one.
 CAPTION_SCRIPT = r"""
@@ -192,8 +193,8 @@ def test_guidance_contrasts_the_asked_value_against_every_value_of_that_conditio
 
     register_condition(PERIOD)
     torch.manual_seed(seed)
-    model = create_decoder(DecoderConfig(12, 8, 8, 8, 0.0, kind=kind, num_emotions=9, emotion_dim=4,
-                                         conditions={"period": 3})).eval()
+    model = create_decoder(DecoderConfig(12, 8, kind=kind, embed_dim=8, hidden_dim=8, dropout=0.0,
+                                         num_emotions=9, emotion_dim=4, conditions={"period": 3})).eval()
     features = torch.randn(3, 8) if kind == "merge" else torch.randn(3, 4, 8)
     asked = {"emotion": torch.tensor([0, 4, 8]), "period": torch.tensor([1, 0, 1])}
     bos = torch.full((3,), 1)
