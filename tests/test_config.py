@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from artcap.config import FLAT_KEYS, SECTIONS, config_from, load_config, migrate_text
-from artcap.decoders import (DecoderSettings, SatSettings, check_features, decoder_kinds, emotion_features,
-                             register_decoder)
+from artcap.decoders import (DecoderSettings, SatSettings, add_condition_layers, check_features, condition_features,
+                             decoder_kinds, register_decoder)
 from artcap.errors import ArtcapError
 from artcap.settings import setting
 
@@ -40,10 +40,11 @@ class StackedGru(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         self.gru = nn.GRU(config.embed_dim, config.hidden_dim, num_layers=config.layers, batch_first=True)
         self.out = nn.Linear(config.hidden_dim, config.vocab_size)
+        add_condition_layers(self, config)  # reads none (its config names none), but checks what it is given
 
-    def init_memory(self, features, emotions=None):
+    def init_memory(self, features, conditions=None):
         features = check_features(self, features)
-        return (torch.tanh(self.image(features)), *emotion_features(None, emotions, features.size(0)))
+        return (torch.tanh(self.image(features)), *condition_features(self, conditions, features.size(0)))
 
     def _start(self, image):
         return image.unsqueeze(0).repeat(self.config.layers, 1, 1).contiguous()  # [layers, B, H]
@@ -53,8 +54,8 @@ class StackedGru(nn.Module):
         out, hidden = self.gru(self.embed(token).unsqueeze(1), hidden)
         return self.out(out[:, 0]), (hidden.transpose(0, 1),), None  # state batch-first, as beam search needs
 
-    def forward(self, features, tokens, mask=None, emotions=None):
-        (image,) = self.init_memory(features, emotions)
+    def forward(self, features, tokens, mask=None, conditions=None):
+        (image,) = self.init_memory(features, conditions)
         out, _ = self.gru(self.embed(tokens), self._start(image))
         out = out[mask] if mask is not None else out
         return self.out(out), out.new_zeros(())

@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from artcap.data import EMOTIONS as DATA_EMOTIONS
-from artcap.decode import STOP_WORDS, DecodingConfig, EmotionContrast, beam_search, generate, greedy_search
-from artcap.decoders import (EMOTIONS, DecoderConfig, MergeDecoder, caption_loss, check_features, create_decoder,
-                             decoder_has_attention, decoder_kinds, emotion_features, emotion_ids, register_decoder,
+from artcap.conditions import EMOTION
+from artcap.decode import STOP_WORDS, ConditionContrast, DecodingConfig, beam_search, generate, greedy_search
+from artcap.decoders import (EMOTIONS, DecoderConfig, MergeDecoder, add_condition_layers, caption_loss, check_features,
+                             condition_features, create_decoder, decoder_has_attention, decoder_kinds, register_decoder,
                              settings_class)
 from artcap.errors import ArtcapError
 from artcap.text import SPECIALS, Vocabulary
@@ -41,17 +42,18 @@ class BagOfWords(nn.Module):
         self.image = nn.Linear(config.feature_dim, config.embed_dim)
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim)
         self.out = nn.Linear(config.embed_dim, config.vocab_size)
+        add_condition_layers(self, config)  # reads none here (its config names none), but checks what it is given
 
-    def init_memory(self, features, emotions=None):
+    def init_memory(self, features, conditions=None):
         features = check_features(self, features)
-        return (self.image(features), *emotion_features(None, emotions, features.size(0)))
+        return (self.image(features), *condition_features(self, conditions, features.size(0)))
 
     def step(self, memory, token, state):
         bag = self.embed(token) + (state[0] if state is not None else 0)
         return self.out(torch.tanh(memory[0] + bag)), (bag,), None
 
-    def forward(self, features, tokens, mask=None, emotions=None):
-        (image,) = self.init_memory(features, emotions)
+    def forward(self, features, tokens, mask=None, conditions=None):
+        (image,) = self.init_memory(features, conditions)
         hidden = torch.tanh(image.unsqueeze(1) + self.embed(tokens).cumsum(dim=1))
         if mask is not None:
             hidden = hidden[mask]
@@ -78,8 +80,9 @@ def features_for(model: nn.Module, batch: int, seed: int = 0, scale: float = 1.0
     return torch.randn(shape, generator=g) * scale
 
 
-def random_emotions(batch: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, len(EMOTIONS), (batch,), generator=torch.Generator().manual_seed(seed))
+def random_emotions(batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The conditions of an emotion-grounded decoder: a random emotion per caption."""
+    return {"emotion": torch.randint(0, len(EMOTIONS), (batch,), generator=torch.Generator().manual_seed(seed))}
 
 
 def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -124,7 +127,7 @@ def test_step_equals_teacher_forced_forward(kind, grounded):
     feats, tokens = features_for(model, batch), random_tokens(batch, length)
     emotions = random_emotions(batch) if grounded else None
     with torch.no_grad():
-        forced, _ = model(feats, tokens, emotions=emotions)
+        forced, _ = model(feats, tokens, conditions=emotions)
         memory, state = model.init_memory(feats, emotions), None
         for t in range(length):
             logits, state, attention = model.step(memory, tokens[:, t], state)
@@ -142,22 +145,24 @@ def test_emotion_changes_the_prediction_and_is_checked(kind):
     model = make(kind, emotions=True)
     feats, tokens = features_for(model, 2), random_tokens(2, 5)
     with torch.no_grad():
-        calm, _ = model(feats, tokens, emotions=torch.tensor([2, 2]))
-        angry, _ = model(feats, tokens, emotions=torch.tensor([4, 4]))
+        calm, _ = model(feats, tokens, conditions={"emotion": torch.tensor([2, 2])})
+        angry, _ = model(feats, tokens, conditions={"emotion": torch.tensor([4, 4])})
     assert not torch.allclose(calm, angry)
-    with pytest.raises(ArtcapError, match="emotion-grounded: give one emotion"):
+    with pytest.raises(ArtcapError, match="conditioned on emotion: give one emotion per caption"):
         model(feats, tokens)
     with pytest.raises(ArtcapError, match="emotion ids must be from 0 to 8, got \\[9\\]"):
-        model(feats, tokens, emotions=torch.tensor([9, 9]))
-    with pytest.raises(ArtcapError, match="not emotion-grounded"):
-        make(kind)(feats, tokens, emotions=torch.tensor([1, 1]))
+        model(feats, tokens, conditions={"emotion": torch.tensor([9, 9])})
+    with pytest.raises(ArtcapError, match="emotion must hold one id per caption \\(2\\)"):
+        model(feats, tokens, conditions={"emotion": torch.tensor([1])})
+    with pytest.raises(ArtcapError, match="not conditioned on emotion \\(it reads: none\\)"):
+        make(kind)(feats, tokens, conditions={"emotion": torch.tensor([1, 1])})
 
 
 def test_emotion_names_follow_artemis_order():
     assert EMOTIONS is DATA_EMOTIONS and len(EMOTIONS) == 9 and EMOTIONS[4] == "anger"
-    assert emotion_ids(["awe", "something else"]).tolist() == [1, 8]
+    assert EMOTION.values is EMOTIONS and EMOTION.ids(["awe", "something else"]).tolist() == [1, 8]
     with pytest.raises(ArtcapError, match="unknown emotion\\(s\\) 'joy'"):
-        emotion_ids(["awe", "joy"])
+        EMOTION.ids(["awe", "joy"])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -253,9 +258,9 @@ def test_beam_of_one_equals_greedy(kind, grounded):
     feats = features_for(model, 5, scale=3.0)
     emotions = random_emotions(5) if grounded else None
     for ngram, repeats in [(0, 0), (2, 1), (3, 2)]:
-        greedy = greedy_search(model, feats, VOCAB, 12, ngram, max_word_repeats=repeats, emotions=emotions)
+        greedy = greedy_search(model, feats, VOCAB, 12, ngram, max_word_repeats=repeats, conditions=emotions)
         beams = beam_search(model, feats, VOCAB, 12, 1, no_repeat_ngram=ngram, max_word_repeats=repeats,
-                            emotions=emotions)
+                            conditions=emotions)
         assert beams == greedy
         assert all(len(seq) <= 12 and not set(seq) & {0, 1, 2, 3} for seq in greedy)
 
@@ -287,7 +292,7 @@ def test_attention_maps_belong_to_the_chosen_caption(beam):
             assert caption.text == " ".join(caption.words) and caption.words
             assert caption.attention.shape == (len(caption.words), GRID)
             np.testing.assert_allclose(caption.attention.sum(axis=1), 1.0, atol=1e-5)
-            expected = rerun_attention(model, feats[i], caption.words, emotions[i:i + 1])
+            expected = rerun_attention(model, feats[i], caption.words, {"emotion": emotions["emotion"][i:i + 1]})
             np.testing.assert_allclose(caption.attention, expected, atol=1e-5)
             spread.append(float(np.ptp(caption.attention, axis=0).max()))
     assert max(spread) > 0.05  # the maps do change from word to word, so a mix-up would show
@@ -393,30 +398,30 @@ def test_the_direct_emotion_path_keeps_step_equal_to_forward_and_moves_words(kin
     assert model.emotion_out is not None and make(kind, emotions=True).emotion_out is None
     feats, tokens, emotions = features_for(model, 3), random_tokens(3, 6), random_emotions(3, seed=1)
     with torch.no_grad():
-        forced, _ = model(feats, tokens, emotions=emotions)
+        forced, _ = model(feats, tokens, conditions=emotions)
         memory, state = model.init_memory(feats, emotions), None
         for t in range(tokens.size(1)):
             logits, state, _ = model.step(memory, tokens[:, t], state)
             torch.testing.assert_close(logits, forced[:, t], atol=1e-5, rtol=1e-4)
         model.emotion_out.weight.zero_()  # the direct path alone changes the words' scores
         model.emotion_out.bias.zero_()
-        without, _ = model(feats, tokens, emotions=emotions)
+        without, _ = model(feats, tokens, conditions=emotions)
     assert not torch.allclose(forced, without)
 
 
 @pytest.mark.parametrize("kind", GROUNDABLE)
 def test_emotion_guidance_scores_the_asked_emotion_against_all_nine(kind):
-    """EmotionContrast's next-word scores, checked against teacher-forced forward passes under every emotion:
+    """ConditionContrast's next-word scores on the emotion, checked against teacher-forced forward passes under every emotion:
     log p(w|e) + g (log p(w|e) - log mean_e' p(w|e')), at the first and later words (its states stay aligned)."""
     model, g = make(kind, emotions=True, seed=4), 1.5
     feats, tokens, asked = features_for(model, 2), random_tokens(2, 4), torch.tensor([6, 1])
     with torch.no_grad():
-        own = F.log_softmax(model(feats, tokens, emotions=asked)[0], dim=-1)
-        every = torch.stack([F.log_softmax(model(feats, tokens, emotions=torch.full((2,), e))[0], dim=-1)
-                             for e in range(len(EMOTIONS))], dim=1)  # [B, 9, T, V]
+        own = F.log_softmax(model(feats, tokens, conditions={"emotion": asked})[0], dim=-1)
+        every = torch.stack([F.log_softmax(model(feats, tokens, conditions={"emotion": torch.full((2,), e)})[0],
+                                           dim=-1) for e in range(len(EMOTIONS))], dim=1)  # [B, 9, T, V]
         expected = own + g * (own - (torch.logsumexp(every, dim=1) - np.log(len(EMOTIONS))))
-        guided = EmotionContrast(model, g)
-        memory, state = guided.init_memory(feats, asked), None
+        guided = ConditionContrast(model, "emotion", g)
+        memory, state = guided.init_memory(feats, {"emotion": asked}), None
         for t in range(tokens.size(1)):
             scores, state, _ = guided.step(memory, tokens[:, t], state)
             torch.testing.assert_close(scores, expected[:, t], atol=1e-4, rtol=1e-4)
@@ -427,13 +432,13 @@ def test_guided_decoding_keeps_the_rules_and_needs_a_grounded_model(beam):
     model = make("merge", emotions=True, seed=5)
     feats = features_for(model, 4, scale=3.0)
     decoding = DecodingConfig(beam, 10, no_repeat_ngram=2, max_word_repeats=1, emotion_guidance=2.0)
-    captions = generate(model, feats, VOCAB, decoding, emotions=random_emotions(4))
+    captions = generate(model, feats, VOCAB, decoding, random_emotions(4))
     assert len(captions) == 4
     for caption in captions:
         words = caption.split()
         assert len(words) <= 10 and not {"<pad>", "<bos>", "<unk>"} & set(words)
         assert max(Counter(w for w in words if w not in STOP_WORDS).values(), default=0) <= 1
-    with pytest.raises(ArtcapError, match="emotion_guidance needs an emotion-grounded model"):
+    with pytest.raises(ArtcapError, match="emotion_guidance needs a model conditioned on emotion"):
         generate(make("merge"), feats, VOCAB, decoding)
     with pytest.raises(ArtcapError, match="emotion_guidance must be from 0"):
         DecodingConfig(emotion_guidance=-1.0)

@@ -110,10 +110,10 @@ def test_python_emotions_and_steering_change_the_caption(sat_run, paintings):
     # The emotion asked for changes what the decoder would say next (a 2-epoch model's argmax may not move yet).
     import torch
 
-    from artcap.decoders import emotion_ids
+    from artcap.conditions import EMOTION
 
     features = captioner.encode(paintings[:1]).repeat(len(EMOTIONS), 1, 1)
-    memory = captioner.decoder.init_memory(features, emotion_ids(list(EMOTIONS)))
+    memory = captioner.decoder.init_memory(features, {"emotion": EMOTION.ids(list(EMOTIONS))})
     bos = torch.full((len(EMOTIONS),), captioner.vocab.bos_id)
     logits, _, _ = captioner.decoder.step(memory, bos, None)
     assert torch.cdist(logits, logits).max() > 1e-3

@@ -126,7 +126,8 @@ def _toy_decoder_and_batch(kind: str, emotions: int):
     decoder = create_decoder(DecoderConfig(len(vocab), 8, embed_dim=16, hidden_dim=16, dropout=0.5, kind=kind,
                                               num_emotions=emotions))
     features = torch.randn(3, 8) if kind == "merge" else torch.randn(3, 4, 8)
-    batch = Batch(features, torch.zeros(3, 5, dtype=torch.long), torch.tensor([0, 4, 8]) if emotions else None,
+    conditions = {"emotion": torch.tensor([0, 4, 8])} if emotions else {}
+    batch = Batch(features, torch.zeros(3, 5, dtype=torch.long), conditions,
                   np.array([0, 1, 2]))  # feature rows: the keys of the reference corpus
     return decoder.train(), batch, ScstLoss(CiderD(dict(enumerate(TOY.values()))), vocab, max_len=8, samples=4)
 
@@ -137,7 +138,7 @@ def test_scst_steps_train_every_decoder_kind_with_and_without_emotions(kind, emo
     """Real decoders, the real loss: sampled captions end in <eos> exactly once and never hold <bos>/<unk>;
     the loss is minus the mean reward, its gradient reaches the decoder and changes it."""
     decoder, batch, loss_fn = _toy_decoder_and_batch(kind, emotions)
-    sampled = sample_captions(decoder, batch.features, batch.emotions, loss_fn.vocab, 8)
+    sampled = sample_captions(decoder, batch.features, batch.conditions, loss_fn.vocab, 8)
     assert sampled.shape[0] == 3 and bool(((sampled == loss_fn.vocab.eos_id).sum(dim=1) == 1).all())
     assert not bool(torch.isin(sampled, torch.tensor([loss_fn.vocab.bos_id, loss_fn.vocab.unk_id])).any())
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .conditions import EMOTION, Conditions, get_condition
 from .data import EMOTIONS
 from .decode import Caption, DecodingConfig, best_of, generate, search_n_best, to_caption
 from .encoders import Encoder
 from .errors import ArtcapError
 from .features import pooled_vectors
 from .images import to_rgb_image
-from .decoders import emotion_ids
 from .model_folder import ModelFolder, folder_of
 from .onnx_backend import EncoderRunner, TorchRunner, create_runner
 
@@ -125,6 +125,11 @@ class Captioner:
         """Does the decoder take an emotion (ArtEmis' emotion-grounded speaker)?"""
         return self.decoder.config.num_emotions > 0
 
+    @property
+    def conditions(self) -> list[str]:
+        """The conditions the decoder reads, by name (artcap.conditions): "emotion" for a grounded model, ..."""
+        return [slot.name for slot in self.decoder.config.condition_slots()]
+
     # ---- images -> features ----
     def preprocess(self, images: Sequence[ImageInput] | ImageInput) -> torch.Tensor:
         """Normalise every image the one way files are (images.to_rgb_image: paths, PIL images and
@@ -163,10 +168,11 @@ class Captioner:
     @torch.inference_mode()
     def describe(self, inputs: Inputs, decoding: DecodingConfig | None = None, *,
                  emotion: str | Sequence[str] | None = None, with_attention: bool = False,
-                 **overrides: Any) -> list[Description]:
+                 conditions: Mapping[str, str | Sequence[str]] | None = None, **overrides: Any) -> list[Description]:
         """Everything artcap says about each image: the caption, its words, (with_attention, attention
         decoders only) where each word looked, the emotion a grounded model captioned it under (`emotion`:
         a name, "auto" = the classifier's, or one per image) and the classifier's emotion distribution.
+        `conditions` {name: value, or one per image}: the values of the model's other conditions.
         `decoding` (default: the model's) with any DecodingConfig field given as a keyword (beam=3) changed."""
         if with_attention and not self.has_attention:
             raise ArtcapError(f"model {self.model_id} ({self.decoder.kind} decoder) has no attention, so it cannot "
@@ -177,7 +183,9 @@ class Captioner:
             return []
         scores = self._emotion_scores(features) if self.emotion_head is not None else None
         grounded_on = self._grounding(emotion, len(features), scores)
-        ids = emotion_ids(grounded_on).to(self.device) if grounded_on else None
+        asked = {EMOTION.name: grounded_on} if grounded_on else {}
+        asked.update(self._other_conditions(conditions or {}, len(features)))
+        ids = {name: get_condition(name).ids(values).to(self.device) for name, values in asked.items()}
         captions = self._generate(features, decoding, ids)
         return [Description(c.text, c.words, c.attention if with_attention else None,
                             grounded_on[i] if grounded_on else None,
@@ -185,13 +193,16 @@ class Captioner:
                 for i, c in enumerate(captions)]
 
     def caption(self, inputs: Inputs, decoding: DecodingConfig | None = None, *,
-                emotion: str | Sequence[str] | None = None, **overrides: Any) -> list[str]:
+                emotion: str | Sequence[str] | None = None,
+                conditions: Mapping[str, str | Sequence[str]] | None = None, **overrides: Any) -> list[str]:
         """One caption per image. Images: a list of paths, PIL images or uint8 arrays (HxWx3, HxW, or
         HxWx4 composited over white; see images.to_rgb_image); a single path or PIL image is one
         image (a list of one caption comes back). A bad image raises ImageLoadError naming it.
         beam=1 is greedy search; None uses the model's default. `emotion` (grounded models): one of the
-        9 ArtEmis emotions to caption under, or "auto" (the default: the emotion classifier's choice)."""
-        return [d.caption for d in self.describe(inputs, decoding, emotion=emotion, **overrides)]
+        9 ArtEmis emotions to caption under, or "auto" (the default: the emotion classifier's choice).
+        `conditions`: the values of the model's other conditions (see describe)."""
+        return [d.caption for d in self.describe(inputs, decoding, emotion=emotion, conditions=conditions,
+                                                 **overrides)]
 
     def emotions(self, inputs: Inputs) -> list[dict[str, float]]:
         """For each image, how people are likely to feel about it: {emotion: probability} over ArtEmis' 9."""
@@ -225,16 +236,36 @@ class Captioner:
         dominant = self.emotion_head.dominant(scores) if scores is not None else []
         return [EMOTIONS[int(dominant[i])] if n == "auto" else n for i, n in enumerate(names)]
 
-    def _generate(self, features: torch.Tensor, decoding: DecodingConfig, emotions: torch.Tensor | None) -> list[Caption]:
+    def _other_conditions(self, given: Mapping[str, str | Sequence[str]], batch: int) -> dict[str, list[str]]:
+        """The values of the conditions other than the emotion, one per image, parsed the condition's way."""
+        wanted = [name for name in self.conditions if name != EMOTION.name]
+        unread = sorted(set(given) - set(wanted))
+        if unread:
+            raise ArtcapError(f"model {self.model_id} is not conditioned on {', '.join(unread)} (it reads: "
+                              f"{', '.join(self.conditions) or 'no condition'}); leave {unread[0]} out"
+                              + ("; the emotion has its own argument" if EMOTION.name in unread else ""))
+        asked: dict[str, list[str]] = {}
+        for name in wanted:
+            condition = get_condition(name)
+            if name not in given:
+                raise ArtcapError(f"model {self.model_id} is conditioned on {name}: give conditions={{{name!r}: "
+                                  f"VALUE}} with one of: {', '.join(condition.values)}")
+            values = [given[name]] * batch if isinstance(given[name], str) else list(given[name])
+            if len(values) != batch:
+                raise ArtcapError(f"{len(values)} {name} values given for {batch} images; give one, or one per image")
+            asked[name] = [condition.parse(v) for v in values]
+        return asked
+
+    def _generate(self, features: torch.Tensor, decoding: DecodingConfig, conditions: Conditions) -> list[Caption]:
         """The beam's best captions, or with `rerank` the ones the image-caption matcher prefers among them (with
         `coherent`, never a broken one over an unbroken one)."""
         if not decoding.rerank:
-            return generate(self.decoder, features, self.vocab, decoding, emotions=emotions, with_attention=True)
+            return generate(self.decoder, features, self.vocab, decoding, conditions, with_attention=True)
         if self.matcher is None:
             raise ArtcapError(f"model {self.model_id} has no caption matcher to rerank with (train it with "
                               f"matcher = true); drop --rerank / set rerank = false")
         self.decoder.eval()
-        n_best = search_n_best(self.decoder, features, self.vocab, decoding, emotions)
+        n_best = search_n_best(self.decoder, features, self.vocab, decoding, conditions)
         matches = self.matcher.scores(pooled_vectors(features).cpu(), [[h.ids for h in hs] for hs in n_best])
         return [to_caption(best_of(hs, self.vocab, decoding, match), self.vocab) for hs, match in zip(n_best, matches)]
 
@@ -264,13 +295,7 @@ def _rounded_scores(row: np.ndarray) -> dict[str, float]:
 
 def emotion_name(text: str) -> str:
     """An emotion as users write it ("Awe", "something-else", "something else") -> its EMOTIONS spelling, or "auto"."""
-    name = " ".join(text.strip().lower().replace("-", " ").replace("_", " ").split())
-    if not name:  # the same everywhere (flag, form field, query parameter, Python): leave it out for auto
-        raise ArtcapError(f"emotion is empty; leave it out or say auto for the classifier's choice, or use one of: "
-                          f"{', '.join(EMOTIONS)}")
-    if name != "auto" and name not in EMOTIONS:
-        raise ArtcapError(f"unknown emotion {text!r}; use auto or one of: {', '.join(EMOTIONS)}")
-    return name
+    return EMOTION.parse(text)
 
 
 def image_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

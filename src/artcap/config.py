@@ -51,6 +51,8 @@ class DataConfig:
     preset: str = setting("paper", "caption preparation (artcap.data.prepare)", choices=("paper", "artemis"))
     skip_missing: bool = setting(False, "go on without bad rows / unreadable images instead of stopping")
     split_seed: int = setting(SPLIT_SEED, "seed of the paintings' train/val/test split", low=0, high=MAX_SEED)
+    conditions: str = setting("", "further conditions the decoder reads besides the emotion, each from its column: "
+                                  "registered names, comma-separated (artcap.conditions)")
 
     def __post_init__(self) -> None:
         check(self, prefix="data.")

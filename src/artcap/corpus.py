@@ -13,13 +13,13 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data import EMOTIONS, Annotation, CaptionData, prepare, read_annotations
+from .conditions import NO_VALUE, condition_names, get_condition
+from .data import Annotation, CaptionData, prepare, read_annotations
 from .encoders import EncoderSpec
 from .errors import ArtcapError
 from .features import DEFAULT_GRID_SIZE, FeatureCache, FeatureSpec, FeatureView, default_cache_dir
 
 log = logging.getLogger("artcap")
-NO_EMOTION = -1  # the emotion id of a caption without one (Flickr8k)
 
 
 @dataclass
@@ -38,7 +38,9 @@ class CaptionTable:
 
     tokens: torch.Tensor  # [N, max_len + 2] word ids (<bos> ... <eos>, then <pad>)
     rows: np.ndarray  # [N] row of each caption's image in the corpus features
-    emotions: torch.Tensor  # [N] emotion id (index in data.EMOTIONS) or NO_EMOTION
+    # condition name -> [N] each caption's value id (conditions.NO_VALUE when it has none), for every registered
+    # condition (artcap.conditions): reading them is cheap next to the tokens
+    conditions: dict[str, torch.Tensor]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -81,25 +83,30 @@ def load_corpus(config: TrainConfig, splits: dict[str, list[str]] | None = None,
         log.warning("%s; skipped them (--skip-missing)", summary)
         ids = [i for i in ids if data.paths[i] not in failures]
         for i in set(data.paths) - set(ids):
-            del data.paths[i], data.captions[i], data.emotions[i]
+            data.drop(i)
     return Corpus(annotations, data, cache.view([data.paths[i] for i in ids]), {i: n for n, i in enumerate(ids)})
 
 
 def caption_table(corpus: Corpus, split: str, max_len: int) -> CaptionTable:
-    """Every caption of a split as padded ids, with its image's feature row and its emotion. Written straight
-    into numpy arrays: at the full ArtEmis' 386K training captions, a Python list per caption costs ~250 MB."""
+    """Every caption of a split as padded ids, with its image's feature row and its value of every registered
+    condition. Written straight into numpy arrays: at the full ArtEmis' 386K training captions, a Python list
+    per caption costs ~250 MB."""
     data = corpus.data
-    emotion_id = {name: n for n, name in enumerate(EMOTIONS)}
+    registered = [get_condition(name) for name in condition_names()]
     ids = data.split_ids(split)
     count = sum(len(data.captions[i]) for i in ids)
     tokens = np.zeros((count, max_len + 2), np.int64)  # 0 is <pad>
     rows = np.empty(count, np.int64)
-    emotions = np.empty(count, np.int64)
+    values = np.full((len(registered), count), NO_VALUE, np.int64)
     n = 0
     for image_id in ids:
-        for caption, emotion in zip(data.captions[image_id], data.emotions[image_id]):
+        for k, caption in enumerate(data.captions[image_id]):
             seq = data.vocab.encode(caption[:max_len])
             tokens[n, : len(seq)] = seq
-            rows[n], emotions[n] = corpus.image_row[image_id], emotion_id.get(emotion, NO_EMOTION)
+            rows[n] = corpus.image_row[image_id]
+            if image_id in data.sources:
+                row = data.sources[image_id][k]
+                values[:, n] = [condition.id_of(condition.read(row)) for condition in registered]
             n += 1
-    return CaptionTable(torch.from_numpy(tokens), rows, torch.from_numpy(emotions))
+    conditions = {c.name: torch.from_numpy(values[j]) for j, c in enumerate(registered)}
+    return CaptionTable(torch.from_numpy(tokens), rows, conditions)

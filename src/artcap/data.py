@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -42,6 +42,12 @@ class Annotation:
     text: str
     emotion: str | None
     row: int  # line number in the source file (the header is line 1)
+    # The row's columns beyond its format's own (name, value): what conditions other than emotion read.
+    columns: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
+
+    def column(self, name: str) -> str | None:
+        """The value of one of the row's extra columns, None when the file has no such column."""
+        return next((value for key, value in self.columns if key == name), None)
 
 
 def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool = False) -> list[Annotation]:
@@ -64,6 +70,7 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
             header = [name.strip() for name in next(records, (1, []))[1]]
             columns, make_row = _row_format(path, header)
             where = {name: header.index(name) for name in columns}  # the first column of that name
+            extra = {name: header.index(name) for name in header if name not in columns}
             first_seen: dict[tuple[str, ...], int] = {}
             for line, values in records:
                 if len(values) != len(header):
@@ -75,7 +82,8 @@ def read_annotations(path: str | Path, images: str | Path, *, skip_missing: bool
                     duplicates.append((line, first_seen[key]))
                     continue
                 first_seen[key] = line
-                row = make_row(line, {name: values[i].strip() for name, i in where.items()}, locate)
+                row = _with_columns(make_row(line, {name: values[i].strip() for name, i in where.items()}, locate),
+                                    values, extra)
                 (problems if isinstance(row, tuple) else annotations).append(row)
     except UnicodeDecodeError as e:
         raise ArtcapError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8") from None
@@ -134,6 +142,13 @@ def _csv_records(reader) -> Iterator[tuple[int, list[str]]]:
         start, end = end + 1, reader.line_num
         if values:  # a blank line
             yield start, values
+
+
+def _with_columns(row: Annotation | tuple[int, str], values: list[str], extra: dict[str, int]):
+    """The row's annotation with the file's extra columns (what conditions other than emotion read)."""
+    if not extra or isinstance(row, tuple):
+        return row
+    return replace(row, columns=tuple((name, values[i].strip()) for name, i in extra.items()))
 
 
 def _row_format(path: Path, header: list[str]) -> tuple[tuple[str, ...], RowMaker]:
@@ -269,6 +284,13 @@ class CaptionData:
     max_len: int  # longest caption in tokens (without <bos>/<eos>)
     vocab: Vocabulary = field(repr=False)
     splits_made: bool = True  # by make_splits (85/5/10), not handed in
+    # image id -> the annotation of each kept caption: what conditions read a caption's value from
+    sources: dict[str, list[Annotation]] = field(default_factory=dict, repr=False)
+
+    def drop(self, image_id: str) -> None:
+        """Forget an image (its features could not be made)."""
+        for table in (self.paths, self.captions, self.emotions, self.sources):
+            table.pop(image_id, None)
 
     def split_ids(self, split: str) -> list[str]:
         if split == "all":
@@ -325,17 +347,17 @@ def prepare(
     train_ids = set(splits["train"])
 
     captions: dict[str, list[list[str]]] = {}
-    emotions: dict[str, list[str | None]] = {}
+    sources: dict[str, list[Annotation]] = {}
     for image_id, anns in by_image.items():
         if preset == "paper":
             anns = anns[:5]
-        pairs = [(caption_tokens(a.text, preset), a.emotion) for a in anns]
+        pairs = [(caption_tokens(a.text, preset), a) for a in anns]
         if preset == "artemis":
-            pairs = [(t, e) for t, e in pairs if len(t) >= 5]
-        pairs = [(t, e) for t, e in pairs if t]
+            pairs = [(t, a) for t, a in pairs if len(t) >= 5]
+        pairs = [(t, a) for t, a in pairs if t]
         if pairs:
             captions[image_id] = [t for t, _ in pairs]
-            emotions[image_id] = [e for _, e in pairs]
+            sources[image_id] = [a for _, a in pairs]
 
     train_lengths = sorted(len(t) for i in train_ids if i in captions for t in captions[i])
     if not train_lengths:
@@ -347,16 +369,17 @@ def prepare(
         for image_id in list(captions):
             keep = [k for k, t in enumerate(captions[image_id]) if len(t) <= max_len]
             captions[image_id] = [captions[image_id][k] for k in keep]
-            emotions[image_id] = [emotions[image_id][k] for k in keep]
+            sources[image_id] = [sources[image_id][k] for k in keep]
             if not keep:
-                del captions[image_id], emotions[image_id]
+                del captions[image_id], sources[image_id]
         min_count = 5
     else:
         max_len = max(len(t) for caps in captions.values() for t in caps)
         min_count = 1
     vocab = Vocabulary.build((t for i in train_ids if i in captions for t in captions[i]), min_count)
     paths = {i: by_image[i][0].image_path for i in captions}
-    data = CaptionData(preset, paths, captions, emotions, splits, max_len, vocab, made)
+    emotions = {i: [a.emotion for a in anns] for i, anns in sources.items()}
+    data = CaptionData(preset, paths, captions, emotions, splits, max_len, vocab, made, sources)
     data.require_splits(*require)  # what the preset left, e.g. a val split of too-short utterances
     return data
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ from torch import nn
 
 from . import settings
 from .coherence import SentenceGuard, choose_unbroken
+from .conditions import EMOTION, Conditions, repeat_rows
 from .errors import ArtcapError, check_known_keys
 from .settings import setting
 from .text import Vocabulary
@@ -63,7 +64,7 @@ class DecodingConfig:
     max_word_repeats: int = setting(0, "no content word (outside STOP_WORDS) more than this many times",
                                     off=0, low=1, high=MAX_WORD_REPEATS)
     emotion_guidance: float = setting(0.0, "emotion-grounded models: how much to favour words specific to the "
-                                      "asked emotion (decode.EmotionContrast)", low=0, high=10)
+                                      "asked emotion (decode.ConditionContrast)", low=0, high=10)
     rerank: bool = setting(False, "keep the beam caption the model's image-caption matcher finds most specific "
                                   "to the image (models trained with a matcher)")
     coherent: bool = setting(False, "keep captions whole: never end on a dangling word (\"trying to be\"), never "
@@ -72,6 +73,10 @@ class DecodingConfig:
 
     def __post_init__(self) -> None:
         settings.check(self, prefix="decoding ")
+
+    def guidance(self) -> dict[str, float]:
+        """{condition: guidance weight} (decode.ConditionContrast): the emotion's, when it is on."""
+        return {EMOTION.name: self.emotion_guidance} if self.emotion_guidance > 0 else {}
 
     def with_overrides(self, **overrides: Any) -> "DecodingConfig":
         """A copy with the given settings changed; None means 'keep the model's'."""
@@ -258,30 +263,36 @@ def _beam(model: nn.Module, memory, batch: int, vocab: Vocabulary, decoding: Dec
     return [sorted(f, key=lambda h: -h.score) or [Hypothesis([], None)] for f in finished]
 
 
-class EmotionContrast(nn.Module):
-    """A grounded decoder whose next-word scores favour what is specific to the asked emotion e:
+class ConditionContrast(nn.Module):
+    """A conditioned decoder whose next-word scores favour what is specific to the asked value v of one condition:
 
-        log p(w | e) + g * (log p(w | e) - log mean_e' p(w | e'))
+        log p(w | v) + g * (log p(w | v) - log mean_v' p(w | v'))
 
-    (contrastive, classifier-free-guidance-style decoding). The mean over all 9 emotions is what the
-    model would say of the painting whatever the feeling; subtracting it pushes "scary" under fear
-    and "funny" under amusement, where plain beam search keeps the stock caption every emotion shares.
-    It runs the decoder on 1 + num_emotions rows per hypothesis, through the same interface."""
+    (contrastive, classifier-free-guidance-style decoding), the other conditions held at their asked values.
+    For the emotion (`emotion_guidance`): the mean over all 9 emotions is what the model would say of the
+    painting whatever the feeling; subtracting it pushes "scary" under fear and "funny" under amusement, where
+    plain beam search keeps the stock caption every emotion shares. It runs the decoder on 1 + (number of
+    values) rows per hypothesis, through the same interface, and offers it again: contrasts nest."""
 
-    def __init__(self, model: nn.Module, guidance: float):
+    def __init__(self, model: nn.Module, condition: str, guidance: float):
         super().__init__()
-        self.model, self.guidance = model, guidance
-        self.kinds = model.config.num_emotions
+        slot = next((s for s in model.config.condition_slots() if s.name == condition), None)
+        if slot is None:
+            raise ArtcapError(f"{condition}_guidance needs a model conditioned on {condition}; "
+                              f"set it to 0 for this model")
+        self.model, self.config, self.condition, self.guidance = model, model.config, condition, guidance
+        self.kinds = slot.width
 
-    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def init_memory(self, features: torch.Tensor, conditions: Conditions) -> tuple[torch.Tensor, ...]:
         batch, k = features.size(0), self.kinds
-        asked = self.model.init_memory(features, emotions)
-        every = self.model.init_memory(features.repeat_interleave(k, dim=0),
-                                       torch.arange(k, device=features.device).repeat(batch))
+        asked = self.model.init_memory(features, conditions)
+        every_value = {**repeat_rows(conditions, k),
+                       self.condition: torch.arange(k, device=features.device).repeat(batch)}
+        every = self.model.init_memory(features.repeat_interleave(k, dim=0), every_value)
         return (*asked, *(m.reshape(batch, k, *m.shape[1:]) for m in every))  # batch first, for beam search
 
     def step(self, memory, token: torch.Tensor, state=None):
-        k, n = self.kinds, len(memory) // 2  # the asked emotion's memory, then all emotions' of the same layout
+        k, n = self.kinds, len(memory) // 2  # the asked value's memory, then all values' of the same layout
         asked_state, every_state = (None, None) if state is None else (state[: len(state) // 2],
                                                                       state[len(state) // 2:])
         logits, asked_state, attention = self.model.step(memory[:n], token, asked_state)
@@ -295,32 +306,43 @@ class EmotionContrast(nn.Module):
         return logp + self.guidance * (logp - marginal), state, attention
 
 
+def guided(model: nn.Module, guidance: Mapping[str, float], conditions: Conditions) -> nn.Module:
+    """`model` with a ConditionContrast for each condition given a guidance weight above 0."""
+    for name, weight in guidance.items():
+        if weight > 0:
+            if name not in conditions:
+                raise ArtcapError(f"{name}_guidance needs a model conditioned on {name} and a value of it to "
+                                  f"caption under; set it to 0 for this model")
+            model = ConditionContrast(model, name, weight)
+    return model
+
+
 @torch.no_grad()
 def _run(searcher, model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
-         emotions: torch.Tensor | None):
-    if decoding.emotion_guidance > 0:
-        if emotions is None:
-            raise ArtcapError("emotion_guidance needs an emotion-grounded model and an emotion; "
-                              "set it to 0 for this model")
-        model = EmotionContrast(model, decoding.emotion_guidance)
-    memory = model.init_memory(features, emotions)
+         conditions: Conditions | None, guidance: Mapping[str, float] | None = None):
+    conditions = dict(conditions or {})
+    model = guided(model, {**decoding.guidance(), **(guidance or {})}, conditions)
+    memory = model.init_memory(features, conditions)
     return searcher(model, memory, features.size(0), vocab, decoding, features.device)
 
 
 def search_n_best(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
-                  emotions: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+                  conditions: Conditions | None = None, guidance: Mapping[str, float] | None = None
+                  ) -> list[list[Hypothesis]]:
     """Per image, the finished hypotheses best first: up to `beam` of them (one for greedy search), with
-    their attention maps when the decoder has attention. `emotions` [B] (ids, EMOTIONS order) for an
-    emotion-grounded decoder."""
+    their attention maps when the decoder has attention. `conditions` {name: ids [B]} for a conditioned
+    decoder (the emotion's ids in EMOTIONS order); `guidance` {name: weight} adds guidance for conditions
+    beyond the decoding's own (`emotion_guidance`)."""
     if decoding.beam <= 1:
-        return [[h] for h in _run(_greedy, model, features, vocab, decoding, emotions)]
-    return _run(_beam, model, features, vocab, decoding, emotions)
+        return [[h] for h in _run(_greedy, model, features, vocab, decoding, conditions, guidance)]
+    return _run(_beam, model, features, vocab, decoding, conditions, guidance)
 
 
 def search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
-           emotions: torch.Tensor | None = None) -> list[Hypothesis]:
+           conditions: Conditions | None = None, guidance: Mapping[str, float] | None = None) -> list[Hypothesis]:
     """The best hypothesis per image (see search_n_best); `coherent`: the best unbroken one, if any."""
-    return [best_of(n_best, vocab, decoding) for n_best in search_n_best(model, features, vocab, decoding, emotions)]
+    return [best_of(n_best, vocab, decoding)
+            for n_best in search_n_best(model, features, vocab, decoding, conditions, guidance)]
 
 
 def best_of(n_best: list[Hypothesis], vocab: Vocabulary, decoding: DecodingConfig,
@@ -335,25 +357,26 @@ def best_of(n_best: list[Hypothesis], vocab: Vocabulary, decoding: DecodingConfi
 
 def greedy_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int,
                   no_repeat_ngram: int = 0, *, max_word_repeats: int = 0,
-                  emotions: torch.Tensor | None = None) -> list[list[int]]:
+                  conditions: Conditions | None = None) -> list[list[int]]:
     """features -> B lists of word ids (without <bos>/<eos>)."""
     decoding = DecodingConfig(1, max_len, no_repeat_ngram=no_repeat_ngram, max_word_repeats=max_word_repeats)
-    return [h.ids for h in _run(_greedy, model, features, vocab, decoding, emotions)]
+    return [h.ids for h in _run(_greedy, model, features, vocab, decoding, conditions)]
 
 
 def beam_search(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, max_len: int, beam: int = 3,
                 length_alpha: float = 0.7, no_repeat_ngram: int = 0, *, max_word_repeats: int = 0,
-                emotions: torch.Tensor | None = None) -> list[list[int]]:
+                conditions: Conditions | None = None) -> list[list[int]]:
     """features -> for each image the best finished caption's word ids (beam=1 runs the beam code)."""
     decoding = DecodingConfig(beam, max_len, length_alpha, no_repeat_ngram, max_word_repeats)
-    return [n_best[0].ids for n_best in _run(_beam, model, features, vocab, decoding, emotions)]
+    return [n_best[0].ids for n_best in _run(_beam, model, features, vocab, decoding, conditions)]
 
 
 def generate(model: nn.Module, features: torch.Tensor, vocab: Vocabulary, decoding: DecodingConfig,
-             emotions: torch.Tensor | None = None, with_attention: bool = False) -> list[str] | list[Caption]:
+             conditions: Conditions | None = None, with_attention: bool = False,
+             guidance: Mapping[str, float] | None = None) -> list[str] | list[Caption]:
     """Captions as strings; with_attention: as `Caption`s, with where each word looked."""
     model.eval()
-    hypotheses = search(model, features, vocab, decoding, emotions)
+    hypotheses = search(model, features, vocab, decoding, conditions, guidance)
     if not with_attention:
         return [vocab.decode(h.ids) for h in hypotheses]
     return [to_caption(h, vocab) for h in hypotheses]

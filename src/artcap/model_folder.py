@@ -462,8 +462,8 @@ def _check_first_word(decoder: nn.Module, config: ModelConfig, path: Path) -> No
     """Finite weights can still overflow (a weight of 1e30): one step on a plain input must give finite scores."""
     dim = decoder.config.feature_dim
     shape = (1, dim) if decoder.feature_kind == "pooled" else (1, config.features.grid_size ** 2, dim)
-    emotions = torch.zeros(1, dtype=torch.long) if decoder.config.num_emotions > 0 else None
-    memory = decoder.init_memory(torch.ones(shape), emotions)
+    conditions = {slot.name: torch.zeros(1, dtype=torch.long) for slot in decoder.config.condition_slots()}
+    memory = decoder.init_memory(torch.ones(shape), conditions)
     logits, _, _ = decoder.step(memory, torch.full((1,), Vocabulary.bos_id, dtype=torch.long), None)
     if not bool(torch.isfinite(logits).all()):
         raise ArtcapError(f"{path}: the decoder's word scores come out NaN or infinite, so it cannot produce a "

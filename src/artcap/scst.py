@@ -1,6 +1,6 @@
 """Self-critical sequence training (Rennie et al. 2017) with CIDEr-D as the reward: `[optim] objective = "scst"`.
 
-Each step, for every caption row of the batch (an image, and its emotion for an emotion-grounded decoder):
+Each step, for every caption row of the batch (an image, and its conditions' values for a conditioned decoder):
 1. sample `scst.samples` captions from the decoder (multinomial over `step`'s next-word distribution, no
    gradient, <pad>/<bos>/<unk> never drawn, <eos> forced after max_len words, as decode.py does);
 2. reward each by CIDEr-D against the image's training references, <eos> included (artcap.cider), minus
@@ -9,7 +9,7 @@ Each step, for every caption row of the batch (an image, and its emotion for an 
 3. baseline each sample by the mean reward of the OTHER samples of the same image ("new self-critical",
    Luo 2020), so no greedy decode is needed and the baseline does not depend on the sample it judges;
 4. take the log-probabilities of the sampled words with one teacher-forced call of the model itself
-   (`model(features, tokens, mask, emotions)`), so a DistributedDataParallel wrapper's hooks run, and
+   (`model(features, tokens, mask, conditions)`), so a DistributedDataParallel wrapper's hooks run, and
    minimise -(reward - baseline) x log p, averaged over the sampled words.
 
 Dropout is off during the whole step (sampling and scoring): the two passes then compute the same policy,
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cider import CiderD
+from .conditions import Conditions, repeat_rows
 from .decode import DecodingConfig, step_words
 from .errors import ArtcapError
 from .text import Vocabulary
@@ -50,11 +51,11 @@ def _banned(vocab: Vocabulary) -> list[int]:
 
 
 @torch.no_grad()
-def sample_captions(decoder: nn.Module, features: torch.Tensor, emotions: torch.Tensor | None, vocab: Vocabulary,
+def sample_captions(decoder: nn.Module, features: torch.Tensor, conditions: Conditions | None, vocab: Vocabulary,
                     max_len: int) -> torch.Tensor:
     """One sampled caption per feature row: [N, max_len + 1] word ids ending in <eos>, then <pad>. `decoder` is the
     bare module (init_memory/step are not DDP's forward)."""
-    memory = decoder.init_memory(features, emotions)
+    memory = decoder.init_memory(features, conditions)
     n, eos = features.size(0), vocab.eos_id
     words, _ = step_words(decoder, memory, n, vocab, DecodingConfig(max_len=max_len), features.device, _gumbel_draw)
     said_eos = words == eos
@@ -122,15 +123,15 @@ class ScstLoss:
         keys = [int(r) for r in batch.rows]
         decoder = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
         features = batch.features.repeat_interleave(self.samples, dim=0)
-        emotions = None if batch.emotions is None else batch.emotions.repeat_interleave(self.samples, dim=0)
+        conditions = repeat_rows(batch.conditions, self.samples)
         was_training = model.training
         model.eval()  # dropout off: the policy sampled is the policy differentiated (see the module docstring)
         try:
-            sampled = sample_captions(decoder, features, emotions, self.vocab, self.max_len)
+            sampled = sample_captions(decoder, features, conditions, self.vocab, self.max_len)
             captions = [self.words(row) for row in sampled.tolist()]
             rewards = torch.as_tensor(self.rewards(captions, keys), dtype=torch.float32, device=features.device)
             advantage = (rewards - new_self_critical_baseline(rewards)).reshape(-1)
-            log_probs, free = self._log_probs(model, features, sampled, emotions)
+            log_probs, free = self._log_probs(model, features, sampled, conditions)
         finally:
             model.train(was_training)
         surrogate = -(advantage.unsqueeze(1) * log_probs * free).sum() / free.sum().clamp(min=1)
@@ -138,7 +139,7 @@ class ScstLoss:
         return surrogate - surrogate.detach() - mean_reward, rewards.numel()
 
     def _log_probs(self, model: nn.Module, features: torch.Tensor, sampled: torch.Tensor,
-                   emotions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   conditions: Conditions) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced log p of every sampled word [N, L] (through the model's forward) and where the
         gradient applies (sampled, not forced, not padding)."""
         bos = torch.full((sampled.size(0), 1), self.vocab.bos_id, dtype=torch.long, device=sampled.device)
@@ -146,7 +147,7 @@ class ScstLoss:
         targets = sampled[:, :length]
         inputs = torch.cat([bos, sampled[:, : length - 1]], dim=1)
         mask = targets != self.vocab.pad_id
-        logits, _ = model(features, inputs, mask, emotions)
+        logits, _ = model(features, inputs, mask, conditions)
         logits = logits.float().index_fill(1, torch.tensor(_banned(self.vocab), device=logits.device), float("-inf"))
         picked = F.log_softmax(logits, dim=-1).gather(1, targets[mask].unsqueeze(1)).squeeze(1)
         log_probs = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(mask, picked)

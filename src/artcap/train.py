@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .checkpoint import export_model, load_checkpoint, read_splits, save_checkpoint
+from .conditions import EMOTION, NO_VALUE, Conditions, get_condition, parse_condition_names
 from .config import TrainConfig
 from .corpus import CaptionTable, Corpus, caption_table, load_corpus
 from .errors import ArtcapError
@@ -41,7 +42,7 @@ log = logging.getLogger("artcap")
 class Batch:
     features: torch.Tensor  # [B, C] or [B, g*g, C]
     tokens: torch.Tensor  # [B, T]
-    emotions: torch.Tensor | None  # [B] emotion ids, for emotion-grounded decoders
+    conditions: Conditions  # {condition name: [B] value ids}: the ones the decoder reads (artcap.conditions)
     rows: np.ndarray | None = None  # [B] each caption's image row in the corpus features (SCST's reference key)
 
 
@@ -50,7 +51,7 @@ LossFn = Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, int]]
 
 def cross_entropy_loss(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     """Teacher forcing: the mean cross-entropy of every next word (plus the decoder's own regulariser)."""
-    return caption_loss(model, batch.features, batch.tokens, batch.emotions)
+    return caption_loss(model, batch.features, batch.tokens, batch.conditions)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -112,8 +113,7 @@ def evaluate_loss(model: torch.nn.Module, table: CaptionTable, features: Feature
     model.eval()
     total, count = 0.0, 0
     for s in range(0, len(table), batch_size):
-        grounded = getattr(model, "config", None) is not None and model.config.num_emotions > 0
-        batch = _batch(table, np.arange(s, min(s + batch_size, len(table))), features, device, grounded)
+        batch = _batch(table, np.arange(s, min(s + batch_size, len(table))), features, device, read_by(model))
         loss, n = cross_entropy_loss(model, batch)
         total, count = total + float(loss) * n, count + n
     model.train(was_training)
@@ -132,33 +132,37 @@ def validation_scores(model: torch.nn.Module, corpus: Corpus, max_len: int, devi
     if len(ids) < 2:
         return {}
     rows = np.asarray([corpus.image_row[i] for i in ids])
-    emotions = _dominant_emotions(data, ids) if model.config.num_emotions > 0 else None
+    conditions = {name: dominant_values(data, ids, name) for name in read_by(model)}
     was_training = model.training
     captions = []
     for s in range(0, len(ids), 128):
         features = torch.from_numpy(corpus.features[rows[s : s + 128]]).to(device)
-        grounded_on = emotions[s : s + 128].to(device) if emotions is not None else None
-        captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len), emotions=grounded_on)
+        asked = {name: values[s : s + 128].to(device) for name, values in conditions.items()}
+        captions += generate(model, features, data.vocab, DecodingConfig(beam=1, max_len=max_len), asked)
     model.train(was_training)
     references = {i: [" ".join(t) for t in data.captions[i]] for i in ids}
     predictions = dict(zip(ids, captions))
     return {**selection_scores(predictions, references), **collapse_scores(predictions)}
 
 
-def _dominant_emotions(data, ids: list[str]) -> torch.Tensor:
-    """Each painting's most frequent human emotion (ties: EMOTIONS order), as a grounded decoder's input."""
-    from collections import Counter
+def read_by(model: torch.nn.Module) -> list[str]:
+    """The conditions a (bare) decoder reads, by name."""
+    config = getattr(model, "config", None)
+    return [slot.name for slot in config.condition_slots()] if config is not None else []
 
-    from .data import EMOTIONS
 
-    return torch.tensor([EMOTIONS.index(max(EMOTIONS, key=Counter(data.emotions[i]).__getitem__)) for i in ids])
+def dominant_values(data, ids: list[str], name: str) -> torch.Tensor:
+    """Each painting's most frequent value of a condition among its captions (ties: the condition's order),
+    e.g. its most frequent human emotion: a conditioned decoder's input for the painting's validation caption."""
+    condition = get_condition(name)
+    return torch.tensor([condition.dominant(condition.read(row) for row in data.sources[i]) for i in ids])
 
 
 def _batch(table: CaptionTable, idx: np.ndarray, features: FeatureView, device: torch.device,
-           with_emotions: bool) -> Batch:
+           conditions: Sequence[str]) -> Batch:
     return Batch(torch.from_numpy(features[table.rows[idx]]).to(device, non_blocking=True),
                  table.tokens[idx].to(device, non_blocking=True),
-                 table.emotions[idx].to(device) if with_emotions else None, table.rows[idx])
+                 {name: table.conditions[name][idx].to(device) for name in conditions}, table.rows[idx])
 
 
 @dataclass
@@ -199,12 +203,17 @@ def build_decoder(config: TrainConfig, corpus: Corpus) -> torch.nn.Module:
             raise ArtcapError(f"run.init_from {init_from}: its decoder is {'' if decoder.config.num_emotions else 'not '}"
                               f"emotion-grounded; set emotion.grounded = "
                               f"{'true' if decoder.config.num_emotions else 'false'} to fine-tune it")
+        if sorted(decoder.config.conditions) != sorted(parse_condition_names(config.data.conditions)):
+            raise ArtcapError(f"run.init_from {init_from}: its decoder reads the conditions "
+                              f"{', '.join(sorted(decoder.config.conditions)) or 'none'} besides the emotion; set "
+                              f"data.conditions = \"{','.join(sorted(decoder.config.conditions))}\" to fine-tune it")
         corpus.data.vocab = vocab
         return decoder.train()
-    emotions = 9 if config.emotion.grounded else 0
+    emotions = EMOTION.width if config.emotion.grounded else 0
+    extra = {name: get_condition(name).dim for name in parse_condition_names(config.data.conditions)}
     return create_decoder(DecoderConfig(len(corpus.data.vocab), corpus.features.dim, config.decoder,
                                         num_emotions=emotions, emotion_dim=config.emotion.dim,
-                                        emotion_in_output=config.emotion.in_output))
+                                        emotion_in_output=config.emotion.in_output, conditions=extra))
 
 
 MIN_DISTINCT = 0.6  # select_by = "cider_distinct": the share of distinct val captions an epoch must reach
@@ -282,9 +291,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
     train_table = caption_table(corpus, "train", max_len)
     val_table = caption_table(corpus, "val", max_len)
-    if config.emotion.grounded and bool((train_table.emotions < 0).any()):
-        raise ArtcapError(f"{config.data.captions}: emotion.grounded needs an emotion for every caption (ArtEmis data); "
-                          f"this data has captions without one")
+    _check_condition_values(config, train_table, read_by(model))
     for epoch in range(state.epoch, config.optim.epochs):
         _train_epoch(config, state, trainable, loss_fn, train_table, corpus.features, device, rank, world, progress,
                      checkpoint_path)
@@ -340,6 +347,20 @@ def add_emotion_head(pooled: Corpus, model_dir: Path) -> None:
     text_classifier_for(pooled.annotations, pooled.data.splits).save(model_dir)
     log.info("emotion head: val KL %.3f (prior %.3f)", report.get("val", {}).get("kl", math.nan),
              report.get("val", {}).get("prior_kl", math.nan))
+
+
+def _check_condition_values(config: TrainConfig, table: CaptionTable, conditions: Sequence[str]) -> None:
+    """Every training caption must give a value of every condition the decoder reads."""
+    for name in conditions:
+        missing = int((table.conditions[name] == NO_VALUE).sum())
+        if missing and name == EMOTION.name:
+            raise ArtcapError(f"{config.data.captions}: emotion.grounded needs an emotion for every caption (ArtEmis "
+                              f"data); "
+                              f"this data has captions without one")
+        if missing:
+            raise ArtcapError(f"{config.data.captions}: the decoder is conditioned on {name}, but {missing} training "
+                              f"caption(s) have no value of it (one of: {', '.join(get_condition(name).values)}); "
+                              f"fill in the {name} of every row or drop it from data.conditions")
 
 
 def _check_splits(corpus: Corpus) -> None:
@@ -403,7 +424,7 @@ def _train_epoch(config: TrainConfig, state: RunState, trainable: torch.nn.Modul
         for group in state.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            batch = _batch(table, batches[step][rank::world], features, device, config.emotion.grounded)
+            batch = _batch(table, batches[step][rank::world], features, device, read_by(state.model))
             loss, n = loss_fn(trainable, batch)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()

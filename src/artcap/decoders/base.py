@@ -12,22 +12,24 @@ The interface, as a Protocol (`Decoder`):
     has_attention: bool
         whether `step` returns an attention row (where each word looked); declared by the kind,
         not inferred from what it reads.
-    init_memory(features, emotions=None) -> tuple of batch-first tensors
-        the image side (and the emotion features), computed once per caption; beam search
+    init_memory(features, conditions=None) -> tuple of batch-first tensors
+        the image side (and the conditions' features), computed once per caption; beam search
         repeat_interleave-s / index_select-s each tensor along dim 0.
     step(memory, token [B], state) -> (logits [B, V], state, attention [B, h*w] | None)
         one word; `state` is None before the first word, else a tuple of batch-first tensors;
         the attention row of an attention decoder is the weight of each grid cell (sums to 1).
-    forward(features, tokens [B, T], mask=None, emotions=None) -> (logits, aux_loss)
+    forward(features, tokens [B, T], mask=None, conditions=None) -> (logits, aux_loss)
         teacher forcing: next-word logits [B, T, V], or with a boolean mask [B, T] only the masked
         positions' logits [N, V]; aux_loss is a scalar added to the cross-entropy (0 when none).
 
-Emotion grounding (the ArtEmis speaker's): when `num_emotions > 0`, every caption comes with an
-emotion id (`EMOTIONS` order); its one-hot goes through Linear(num_emotions -> emotion_dim) + ReLU
-and is appended to the LSTM input at every step. With `emotion_in_output` the emotion features also go,
-through Linear(emotion_dim -> hidden_dim), straight into the layer that picks the word (merge: added to
-the image branch; sat: to the hidden state before the output layer): ArtEmis' input-only grounding is
-mostly ignored by beam search (steerability 0.17 on val), a direct path lets an emotion change words.
+Conditioning (artcap.conditions): `conditions` maps a condition's name to one value id per caption. Each
+condition the config names (`condition_slots`: the emotion when `num_emotions > 0`, ArtEmis' emotion-grounded
+speaker, then those of `conditions`) is encoded by its registered Condition (a one-hot), goes through
+Linear(width -> dim) + ReLU (`ConditionNet`, a submodule named after the condition) and is appended to the LSTM
+input at every step. With `in_output` (the emotion's `emotion_in_output`) the features also go, through
+Linear(dim -> hidden_dim) (the submodule `<name>_out`), straight into the layer that picks the word (merge:
+added to the image branch; sat: to the hidden state before the output layer): ArtEmis' input-only grounding
+is mostly ignored by beam search (steerability 0.17 on val), a direct path lets an emotion change words.
 """
 
 
@@ -40,19 +42,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditions import EMOTION, Conditions, get_condition
 from ..data import EMOTIONS
 from ..errors import ArtcapError
 from ..settings import check as check_settings, checked_value, field_type, setting, spec_of
 
-__all__ = ["EMOTIONS", "Decoder", "DecoderConfig", "DecoderSettings", "EmotionNet", "MergeDecoder", "caption_loss",
-           "create_decoder", "decoder_kinds", "decoder_has_attention", "decoder_settings", "emotion_ids",
-           "register_decoder", "settings_class"]
+__all__ = ["EMOTIONS", "ConditionNet", "ConditionSlot", "Decoder", "DecoderConfig", "DecoderSettings", "caption_loss",
+           "create_decoder", "decoder_kinds", "decoder_has_attention", "decoder_settings", "register_decoder",
+           "settings_class"]
 
 Memory = tuple[torch.Tensor, ...]
 State = tuple[torch.Tensor, ...] | None
 
 
 MAX_WIDTH = 16_384  # any layer's width (as a model folder may hold: model_folder.MAX_WIDTH)
+
+
+@dataclass(frozen=True)
+class ConditionSlot:
+    """One condition as a decoder reads it: its name, the width of its encoded value (one-hot), the size of the
+    features made of it, and whether they also feed the word-choosing layer."""
+
+    name: str
+    width: int
+    dim: int
+    in_output: bool
 
 
 @dataclass
@@ -107,25 +121,42 @@ class DecoderConfig:
     num_emotions: int = 0  # 0 = not emotion-grounded; 9 = ArtEmis' emotions
     emotion_dim: int = 9  # width of the emotion features (the ArtEmis speaker's Linear(9, 9) + ReLU)
     emotion_in_output: bool = False  # also add the emotion features to the word-choosing layer's input
+    # further conditions (artcap.conditions) the decoder reads, each with the size of its features; written
+    # to config.json only when there are some, so an emotion-only model's config stays what it always was
+    conditions: dict[str, int] | None = None
 
     def __init__(self, vocab_size: int, feature_dim: int, settings: DecoderSettings | None = None,
-                 num_emotions: int = 0, emotion_dim: int = 9, emotion_in_output: bool = False, **decoder: Any):
+                 num_emotions: int = 0, emotion_dim: int = 9, emotion_in_output: bool = False,
+                 conditions: dict[str, int] | None = None, **decoder: Any):
         if settings is not None and decoder:
             raise ArtcapError(f"decoder: give the settings or {', '.join(decoder)}, not both")
         self.vocab_size, self.feature_dim = vocab_size, feature_dim
         self.settings = settings if settings is not None else decoder_settings(decoder)
         self.num_emotions, self.emotion_dim, self.emotion_in_output = num_emotions, emotion_dim, emotion_in_output
+        self.conditions = {} if conditions is None else conditions
         self.__post_init__()
 
     def __post_init__(self) -> None:
         checks = [("vocab_size", self.vocab_size >= 5, "at least 5 (4 special tokens and a word)"),
                   ("feature_dim", self.feature_dim >= 1, "positive"),
                   ("settings", isinstance(self.settings, DecoderSettings), "a DecoderSettings"),
-                  ("num_emotions", self.num_emotions >= 0, "0 (not grounded) or more"),
+                  ("num_emotions", self.num_emotions in (0, EMOTION.width), f"0 (not grounded) or {EMOTION.width}"),
                   ("emotion_dim", self.emotion_dim >= 1, "positive")]
         for name, ok, allowed in checks:
             if not ok:
                 raise ArtcapError(f"decoder {name} must be {allowed}, got {getattr(self, name)!r}")
+        bad = {k: v for k, v in dict(self.conditions).items() if k == EMOTION.name or not isinstance(k, str)
+               or not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 8192}
+        if bad or not isinstance(self.conditions, dict):
+            raise ArtcapError(f"decoder conditions must map condition names (not emotion: it has num_emotions) to "
+                              f"feature sizes from 1 to 8192, got {self.conditions!r}")
+
+    def condition_slots(self) -> list[ConditionSlot]:
+        """The conditions this decoder reads, in the order their features are concatenated: the emotion first."""
+        slots = [ConditionSlot(EMOTION.name, self.num_emotions, self.emotion_dim, self.emotion_in_output)] \
+            if self.num_emotions else []
+        return slots + [ConditionSlot(name, get_condition(name).width, dim, False)
+                        for name, dim in sorted(self.conditions.items())]
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name == "settings":  # copy/pickle probe before __init__ ran
@@ -134,15 +165,18 @@ class DecoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         own = {k: v for k, v in self.settings.to_dict().items() if k not in self.settings.feature_fields}
-        return {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, **own,
-                "num_emotions": self.num_emotions, "emotion_dim": self.emotion_dim,
-                "emotion_in_output": self.emotion_in_output}
+        values = {"vocab_size": self.vocab_size, "feature_dim": self.feature_dim, **own,
+                  "num_emotions": self.num_emotions, "emotion_dim": self.emotion_dim,
+                  "emotion_in_output": self.emotion_in_output}
+        if self.conditions:  # an emotion-only model's config.json stays what it always was
+            values["conditions"] = dict(self.conditions)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config.json") -> "DecoderConfig":
         """From a saved config; older configs lack the newer fields and get their defaults ("merge"). Saved
         configs of merge models also hold sat's attention fields (one config once served every kind): dropped."""
-        model_keys = ("vocab_size", "feature_dim", "num_emotions", "emotion_dim", "emotion_in_output")
+        model_keys = ("vocab_size", "feature_dim", "num_emotions", "emotion_dim", "emotion_in_output", "conditions")
         kind = values.get("kind", "merge")
         if kind not in _DECODERS:
             raise ArtcapError(f"{source}: decoder.kind must be one of {', '.join(decoder_kinds())}, got {kind!r}")
@@ -166,13 +200,13 @@ class Decoder(Protocol):
     feature_kind: Literal["pooled", "grid"]
     has_attention: bool
 
-    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory: ...
+    def init_memory(self, features: torch.Tensor, conditions: Conditions | None = None) -> Memory: ...
 
     def step(self, memory: Memory, token: torch.Tensor, state: State
              ) -> tuple[torch.Tensor, State, torch.Tensor | None]: ...
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+                conditions: Conditions | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
@@ -225,48 +259,68 @@ def create_decoder(config: DecoderConfig) -> nn.Module:
     return _DECODERS[config.kind](config)
 
 
-class EmotionNet(nn.Module):
-    """The ArtEmis speaker's `auxiliary` net: emotion id -> one-hot -> Linear -> ReLU."""
+class ConditionNet(nn.Module):
+    """A condition's value -> features: its encoding (the Condition's one-hot) -> Linear -> ReLU (for the emotion,
+    the ArtEmis speaker's `auxiliary` net)."""
 
-    def __init__(self, num_emotions: int, emotion_dim: int):
+    def __init__(self, slot: ConditionSlot):
         super().__init__()
-        self.num_emotions = num_emotions
-        self.proj = nn.Linear(num_emotions, emotion_dim)
+        self.slot = slot
+        self.proj = nn.Linear(slot.width, slot.dim)
 
-    def forward(self, emotions: torch.Tensor) -> torch.Tensor:
-        one_hot = F.one_hot(emotions.long(), self.num_emotions).to(self.proj.weight.dtype)
-        return F.relu(self.proj(one_hot))
-
-
-def emotion_output_layer(config: DecoderConfig) -> nn.Linear | None:
-    """The direct path from emotion features to the word-choosing layer (`emotion_in_output`)."""
-    if not (config.num_emotions and config.emotion_in_output):
-        return None
-    return nn.Linear(config.emotion_dim, config.hidden_dim)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        encoded = get_condition(self.slot.name).encode(ids, self.proj.weight.dtype)
+        return F.relu(self.proj(encoded))
 
 
-def emotion_ids(names: Sequence[str]) -> torch.Tensor:
-    """Emotion names (EMOTIONS spelling) -> the LongTensor of ids a grounded decoder reads."""
-    unknown = sorted({n for n in names if n not in EMOTIONS})
-    if unknown:
-        raise ArtcapError(f"unknown emotion(s) {', '.join(map(repr, unknown))}; known: {', '.join(EMOTIONS)}")
-    return torch.tensor([EMOTIONS.index(n) for n in names], dtype=torch.long)
+def add_condition_layers(decoder: nn.Module, config: DecoderConfig) -> int:
+    """Give `decoder` a `ConditionNet` per condition it reads (submodule `<name>`) and, for those with `in_output`,
+    the direct path to the word-choosing layer (`<name>_out`: Linear(dim -> hidden_dim)). Named after the condition,
+    so the emotion's weights keep the names every saved model has. -> the width the conditions add to the LSTM
+    input."""
+    decoder.condition_slots = config.condition_slots()
+    for slot in decoder.condition_slots:
+        for name in (slot.name, f"{slot.name}_out"):
+            if hasattr(decoder, name):
+                raise ArtcapError(f"condition {slot.name!r}: decoder {config.kind!r} already has a part named "
+                                  f"{name!r}; register the condition under another name")
+        decoder.add_module(slot.name, ConditionNet(slot))
+        decoder.add_module(f"{slot.name}_out", nn.Linear(slot.dim, config.hidden_dim) if slot.in_output else None)
+    return sum(slot.dim for slot in decoder.condition_slots)
 
 
-def emotion_features(net: EmotionNet | None, emotions: torch.Tensor | None, batch: int) -> list[torch.Tensor]:
-    """[emotion features [B, E]] for a grounded decoder, [] otherwise; wrong use is a clear error."""
-    if net is None:
-        if emotions is not None:
-            raise ArtcapError("this model is not emotion-grounded (num_emotions = 0): do not pass emotions")
-        return []
-    if emotions is None:
-        raise ArtcapError(f"this model is emotion-grounded: give one emotion per caption ({', '.join(EMOTIONS)})")
-    if emotions.shape != (batch,):
-        raise ArtcapError(f"emotions must hold one id per caption ({batch}), got shape {tuple(emotions.shape)}")
-    if emotions.numel() and not (0 <= int(emotions.min()) and int(emotions.max()) < net.num_emotions):
-        raise ArtcapError(f"emotion ids must be from 0 to {net.num_emotions - 1}, "
-                          f"got {sorted(set(emotions.tolist()))}")
-    return [net(emotions)]
+def condition_features(decoder: nn.Module, conditions: Conditions | None, batch: int) -> list[torch.Tensor]:
+    """[features [B, dim] of each condition the decoder reads, in its order]; a missing, extra or out-of-range
+    value is a one-line error."""
+    conditions = conditions or {}
+    slots = decoder.condition_slots
+    extra = sorted(set(conditions) - {slot.name for slot in slots})
+    if extra:
+        reads = ", ".join(slot.name for slot in slots) or "none"
+        raise ArtcapError(f"this model is not conditioned on {', '.join(extra)} (it reads: {reads}): "
+                          f"do not pass {'it' if len(extra) == 1 else 'them'}")
+    features = []
+    for slot in slots:
+        ids = conditions.get(slot.name)
+        if ids is None:
+            raise ArtcapError(f"this model is conditioned on {slot.name}: give one {slot.name} per caption "
+                              f"({', '.join(get_condition(slot.name).values)})")
+        if ids.shape != (batch,):
+            raise ArtcapError(f"{slot.name} must hold one id per caption ({batch}), got shape {tuple(ids.shape)}")
+        if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < slot.width):
+            raise ArtcapError(f"{slot.name} ids must be from 0 to {slot.width - 1}, got {sorted(set(ids.tolist()))}")
+        features.append(getattr(decoder, slot.name)(ids))
+    return features
+
+
+def condition_output(decoder: nn.Module, features: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """The sum of the direct paths (`in_output`) of the conditions' features to the word-choosing layer, or None."""
+    total = None
+    for slot, feature in zip(decoder.condition_slots, features):
+        if slot.in_output:
+            path = getattr(decoder, f"{slot.name}_out")(feature)
+            total = path if total is None else total + path
+    return total
 
 
 def check_features(decoder: nn.Module, features: torch.Tensor) -> torch.Tensor:
@@ -292,12 +346,12 @@ def lstm_cell(x: torch.Tensor, h: torch.Tensor, c: torch.Tensor, w_ih, w_hh, b_i
 
 
 def caption_loss(model: nn.Module, features: torch.Tensor, tokens: torch.Tensor,
-                 emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+                 conditions: Conditions | None = None) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy of predicting tokens[:, 1:] from each prefix, padding excluded, plus the
     decoder's auxiliary loss; also returns the number of target tokens. `model` may be wrapped (DDP
     hooks live in its forward), so it is only ever called, never asked for its parts."""
     length = int((tokens != 0).sum(dim=1).max())  # trim the batch to its longest caption
     inputs, targets = tokens[:, : length - 1], tokens[:, 1:length]
     mask = targets != 0
-    logits, aux_loss = model(features, inputs, mask, emotions)
+    logits, aux_loss = model(features, inputs, mask, conditions)
     return F.cross_entropy(logits.float(), targets[mask]) + aux_loss.float(), int(mask.sum())

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .base import (DecoderConfig, EmotionNet, Memory, State, check_features, emotion_features, emotion_output_layer,
-                   lstm_cell, register_decoder)
+from ..conditions import Conditions
+from .base import (DecoderConfig, Memory, State, add_condition_layers, check_features, condition_features,
+                   condition_output, lstm_cell, register_decoder)
 
 
 @register_decoder("merge")
@@ -33,34 +34,33 @@ class MergeDecoder(nn.Module):
         self.image_proj = nn.Linear(config.feature_dim, config.hidden_dim)
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
         self.text_dropout = nn.Dropout(config.dropout)
-        self.emotion = EmotionNet(config.num_emotions, config.emotion_dim) if config.num_emotions else None
-        self.emotion_out = emotion_output_layer(config)
-        lstm_input = config.embed_dim + (config.emotion_dim if self.emotion else 0)
+        lstm_input = config.embed_dim + add_condition_layers(self, config)
         self.lstm = nn.LSTM(lstm_input, config.hidden_dim, batch_first=True)
         self.merge = nn.Linear(config.hidden_dim, config.hidden_dim)
         self.out = nn.Linear(config.hidden_dim, config.vocab_size)
 
-    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory:
-        """(image [B, hidden], [emotion features [B, E]]): the image branch, once per caption."""
+    def init_memory(self, features: torch.Tensor, conditions: Conditions | None = None) -> Memory:
+        """(image [B, hidden], *each condition's features [B, dim]): the image branch, once per caption."""
         features = check_features(self, features)
         image = F.relu(self.image_proj(self.image_dropout(features)))
-        emotion = emotion_features(self.emotion, emotions, features.size(0))
-        if self.emotion_out is not None:
-            image = image + self.emotion_out(emotion[0])
-        return (image, *emotion)
+        conditioned = condition_features(self, conditions, features.size(0))
+        direct = condition_output(self, conditioned)
+        if direct is not None:
+            image = image + direct
+        return (image, *conditioned)
 
     def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         return self.out(F.relu(self.merge(image + text)))
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                conditions: Conditions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, F], tokens [B, T] (starting with <bos>) -> (next-word logits [B, T, V], 0);
         with a boolean mask [B, T], only the masked positions' logits [N, V] (skipping padding in
         the vocabulary-sized matmul, the costliest step of training)."""
-        image, *emotion = self.init_memory(features, emotions)
+        image, *conditioned = self.init_memory(features, conditions)
         x = self.text_dropout(self.embed(tokens))
-        if emotion:
-            x = torch.cat([x, emotion[0].unsqueeze(1).expand(-1, x.size(1), -1)], dim=-1)
+        if conditioned:
+            x = torch.cat([x, *(c.unsqueeze(1).expand(-1, x.size(1), -1) for c in conditioned)], dim=-1)
         text = self._lstm_over_captions(x, mask)
         image = image.unsqueeze(1).expand_as(text)
         if mask is not None:
@@ -83,8 +83,8 @@ class MergeDecoder(nn.Module):
 
         The LSTM cell is written out with the nn.LSTM's own weights: for one step at a time it is
         several times faster than calling nn.LSTM."""
-        image, *emotion = memory
-        x = torch.cat([self.text_dropout(self.embed(token)), *emotion], dim=-1)
+        image, *conditioned = memory
+        x = torch.cat([self.text_dropout(self.embed(token)), *conditioned], dim=-1)
         h, c = state if state is not None else (x.new_zeros(x.size(0), self.config.hidden_dim),) * 2
         lstm = self.lstm
         h, c = lstm_cell(x, h, c, lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0)

@@ -5,7 +5,7 @@ At every word the LSTM state h looks at each cell of the encoder's feature grid 
     e_i   = w . tanh(W_a a_i + W_h h)            additive attention (W_a a_i computed once per image)
     alpha = softmax(e)                           [h*w], what the word looks at
     z     = sigmoid(f_beta(h)) * sum_i alpha_i a_i    the gated context ("f_beta" gate, section 4.2.1)
-    h, c  = LSTMCell([embed(word); z (; emotion features)], (h, c))
+    h, c  = LSTMCell([embed(word); z (; each condition's features)], (h, c))
     logits = Linear(Dropout(h))
 
 h and c start from the mean of the grid (through one Linear each). Training adds the "doubly
@@ -22,9 +22,10 @@ from torch import nn
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ..conditions import Conditions
 from ..settings import setting
-from .base import (MAX_WIDTH, DecoderConfig, DecoderSettings, EmotionNet, Memory, State, check_features,
-                   emotion_features, emotion_output_layer, register_decoder)
+from .base import (MAX_WIDTH, DecoderConfig, DecoderSettings, Memory, State, add_condition_layers, check_features,
+                   condition_features, condition_output, register_decoder)
 
 
 @dataclass
@@ -49,22 +50,21 @@ class ShowAttendTell(nn.Module):
         self.config = config
         c, h, a = config.feature_dim, config.hidden_dim, config.attention_dim
         self.embed = nn.Embedding(config.vocab_size, config.embed_dim, padding_idx=0)
-        self.emotion = EmotionNet(config.num_emotions, config.emotion_dim) if config.num_emotions else None
-        self.emotion_out = emotion_output_layer(config)
+        conditions_width = add_condition_layers(self, config)
         self.grid_att = nn.Linear(c, a)  # W_a
         self.hidden_att = nn.Linear(h, a)  # W_h
         self.score = nn.Linear(a, 1)  # w
         self.init_h, self.init_c = nn.Linear(c, h), nn.Linear(c, h)
         self.f_beta = nn.Linear(h, c)
-        cell_input = config.embed_dim + c + (config.emotion_dim if self.emotion else 0)
+        cell_input = config.embed_dim + c + conditions_width
         self.cell = nn.LSTMCell(cell_input, h)
         self.dropout = nn.Dropout(config.dropout)
         self.out = nn.Linear(h, config.vocab_size)
 
-    def init_memory(self, features: torch.Tensor, emotions: torch.Tensor | None = None) -> Memory:
-        """(grid [B, N, C], W_a grid [B, N, A], [emotion features [B, E]])."""
+    def init_memory(self, features: torch.Tensor, conditions: Conditions | None = None) -> Memory:
+        """(grid [B, N, C], W_a grid [B, N, A], *each condition's features [B, dim])."""
         grid = check_features(self, features)
-        return (grid, self.grid_att(grid), *emotion_features(self.emotion, emotions, grid.size(0)))
+        return (grid, self.grid_att(grid), *condition_features(self, conditions, grid.size(0)))
 
     def _initial_state(self, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = grid.mean(dim=1)
@@ -72,13 +72,13 @@ class ShowAttendTell(nn.Module):
 
     def _attend(self, memory: Memory, embedded: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """One step from an embedded word: -> ((h, c), alpha [B, N])."""
-        grid, keys, *emotion = memory
+        grid, keys, *conditioned = memory
         h, c = state
         scores = self.score(torch.tanh(keys + self.hidden_att(h).unsqueeze(1))).squeeze(-1)
         alpha = torch.softmax(scores.float(), dim=-1).to(grid.dtype)
         context = torch.bmm(alpha.unsqueeze(1), grid).squeeze(1)
         gated = torch.sigmoid(self.f_beta(h)) * context
-        h, c = self.cell(torch.cat([embedded, gated, *emotion], dim=-1), (h, c))
+        h, c = self.cell(torch.cat([embedded, gated, *conditioned], dim=-1), (h, c))
         return (h, c), alpha
 
     def step(self, memory: Memory, token: torch.Tensor, state: State = None):
@@ -86,22 +86,22 @@ class ShowAttendTell(nn.Module):
         if state is None:
             state = self._initial_state(memory[0])
         state, alpha = self._attend(memory, self.embed(token), state)
-        return self.out(self.dropout(self._with_emotion(memory, state[0]))), state, alpha
+        return self.out(self.dropout(self._with_conditions(memory, state[0]))), state, alpha
 
-    def _with_emotion(self, memory: Memory, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, H] or [B, T, H], plus the emotion's direct path when the model has one."""
-        if self.emotion_out is None:
+    def _with_conditions(self, memory: Memory, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, H] or [B, T, H], plus the conditions' direct path when the model has one."""
+        direct = condition_output(self, memory[2:])
+        if direct is None:
             return hidden
-        emotion = self.emotion_out(memory[2])
-        return hidden + (emotion.unsqueeze(1) if hidden.dim() == 3 else emotion)
+        return hidden + (direct.unsqueeze(1) if hidden.dim() == 3 else direct)
 
     def forward(self, features: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor | None = None,
-                emotions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                conditions: Conditions | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing, one batched step per position: -> (logits [B, T, V] or [N, V] under
         `mask`, alpha_c * doubly stochastic regulariser over the masked positions)."""
-        memory = self.init_memory(features, emotions)
+        memory = self.init_memory(features, conditions)
         hidden_t, alpha_t = self._teacher_forced(memory, self.embed(tokens), caption_lengths(mask, tokens))
-        hidden_t = self._with_emotion(memory, hidden_t)
+        hidden_t = self._with_conditions(memory, hidden_t)
         if mask is not None:
             alpha_t = alpha_t * mask.unsqueeze(-1).to(alpha_t.dtype)  # padding looks at nothing
             hidden_t = hidden_t[mask]
@@ -113,7 +113,7 @@ class ShowAttendTell(nn.Module):
         still going (the batch sorted longest first, so they are a prefix): a batch padded to its longest caption
         costs its words, not B x T (about half the training time on ArtEmis, whose lengths vary 3-30)."""
         order = torch.argsort(lengths, descending=True, stable=True)
-        grid, keys, *emotion = (part.index_select(0, order) for part in memory)
+        grid, keys, *conditioned = (part.index_select(0, order) for part in memory)
         embedded, lengths = embedded.index_select(0, order), lengths.index_select(0, order)
         state = self._initial_state(grid)
         positions = torch.arange(embedded.size(1), device=lengths.device)
@@ -121,7 +121,7 @@ class ShowAttendTell(nn.Module):
         batch, hidden, alphas = embedded.size(0), [], []
         for t, n in enumerate(active):
             state = (state[0][:n], state[1][:n])
-            state, alpha = self._attend((grid[:n], keys[:n], *(e[:n] for e in emotion)), embedded[:n, t], state)
+            state, alpha = self._attend((grid[:n], keys[:n], *(c[:n] for c in conditioned)), embedded[:n, t], state)
             hidden.append(F.pad(state[0], (0, 0, 0, batch - n)))
             alphas.append(F.pad(alpha, (0, 0, 0, batch - n)))
         inverse = torch.argsort(order)
