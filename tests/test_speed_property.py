@@ -58,7 +58,7 @@ def test_batched_beam_search_gives_each_image_its_captions_alone(batch, beam, re
     features, emotions = torch.randn(batch, 12, generator=g) * 3, torch.randint(0, 9, (batch,), generator=g)
     decoding = DecodingConfig(beam=beam, max_len=12, max_word_repeats=repeats, no_repeat_ngram=2 if repeats else 0)
     with torch.inference_mode():
-        together = search_n_best(net, features, vocab, decoding, emotions)
-        alone = [search_n_best(net, features[i : i + 1], vocab, decoding, emotions[i : i + 1])[0]
+        together = search_n_best(net, features, vocab, decoding, {"emotion": emotions})
+        alone = [search_n_best(net, features[i : i + 1], vocab, decoding, {"emotion": emotions[i : i + 1]})[0]
                  for i in range(batch)]
     assert [[h.ids for h in hs] for hs in together] == [[h.ids for h in hs] for hs in alone]
