@@ -12,7 +12,7 @@ Runs the stages one after the other on one thread of control, exactly as the fol
     emotion   the emotion head on the pooled features
     beam      beam search (decode.search_n_best) on `decode-batch` images at once
     rerank    the caption matcher choosing among each image's beam (rerank.CaptionMatcher.choose)
-    records   to_caption + one record appended to a .jsonl record file (collection.RecordFile)
+    records   to_caption + one record appended to a .jsonl record file (records.RecordFile)
 
 and, for comparison, the real `caption_collection` over the same images (its wall time per image).
 The load average is printed: on a shared machine, compare shares, not absolute figures.
@@ -34,7 +34,7 @@ import torch
 from artcap.captioner import Captioner
 from artcap.collection import JobIdentity, RecordFile, caption_collection, _now
 from artcap.decode import search_n_best, to_caption
-from artcap.decoders import emotion_ids
+from artcap.conditions import EMOTION
 from artcap.features import pooled_vectors
 from artcap.images import load_image
 
@@ -86,9 +86,9 @@ def profile(captioner: Captioner, paths: list[Path], batch_size: int, decode_bat
             with clock("emotion"):
                 scores = captioner._emotion_scores(chunk) if captioner.emotion_head is not None else None
                 grounded = captioner._grounding(None, len(chunk), scores)
-                ids = emotion_ids(grounded) if grounded else None
+                conditions = {EMOTION.name: EMOTION.ids(grounded)} if grounded else None
             with clock("beam"):
-                n_best = search_n_best(captioner.decoder, chunk, captioner.vocab, decoding, ids)
+                n_best = search_n_best(captioner.decoder, chunk, captioner.vocab, decoding, conditions)
             with clock("rerank"):
                 if decoding.rerank and captioner.matcher is not None:
                     chosen = captioner.matcher.choose(pooled_vectors(chunk), [[h.ids for h in hs] for hs in n_best])
