@@ -93,13 +93,21 @@ def period_csv(artemis_subset, tmp_path_factory):
     """The real ArtEmis subset with a `period` column."""
     csv_path, images = artemis_subset
     out = tmp_path_factory.mktemp("period") / "with_period.csv"
+    with_period_column(csv_path, out, lambda row, _: _period_of(row))
+    return out, images
+
+
+def with_period_column(csv_path, out, value_of, rows: int | None = None) -> None:
+    """Copy an ArtEmis CSV (its first `rows` rows; None: all) to `out` with a `period` column holding
+    value_of(row, row_number)."""
     with open(csv_path, newline="", encoding="utf-8") as f_in, open(out, "w", newline="", encoding="utf-8") as f_out:
         reader = csv.DictReader(f_in)
         writer = csv.DictWriter(f_out, [*reader.fieldnames, "period"])
         writer.writeheader()
-        for row in reader:
-            writer.writerow({**row, "period": _period_of(row)})
-    return out, images
+        for i, row in enumerate(reader):
+            if rows is not None and i == rows:
+                break
+            writer.writerow({**row, "period": value_of(row, i)})
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +233,7 @@ def test_every_caption_carries_its_rows_value_into_the_table(values, artemis_sub
     register_condition(PERIOD)
     csv_path, images = artemis_subset
     out = tmp_path_factory.mktemp("values") / "rows.csv"
-    with open(csv_path, newline="", encoding="utf-8") as f_in, open(out, "w", newline="", encoding="utf-8") as f_out:
-        reader = csv.DictReader(f_in)
-        writer = csv.DictWriter(f_out, [*reader.fieldnames, "period"])
-        writer.writeheader()
-        for row, value in zip(reader, values):
-            writer.writerow({**row, "period": value})
+    with_period_column(csv_path, out, lambda _, i: values[i], rows=len(values))
     annotations = read_annotations(out, images)
     ids = sorted({a.image_id for a in annotations})
     data = prepare(annotations, "paper", {"train": ids, "val": [], "test": []})

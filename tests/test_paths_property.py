@@ -206,27 +206,32 @@ def model_folder_links(draw, folder: Path, outside: Path) -> tuple[str, str]:
                                            "model.safetensors"]), names.map(lambda n: n + ".bin")))
     what = draw(st.sampled_from(["out", "out relative", "broken", "loop"]))
     link = folder / name
-    link.unlink(missing_ok=True)
     target = {"out": outside, "out relative": Path(os.path.relpath(outside, folder)),
               "broken": folder / "missing.bin", "loop": link}[what]
     if what == "out" and name in ("config.json", "vocab.json", "model.safetensors"):
-        shutil.copy(folder.parent / "source" / name, outside.with_name(name))  # a working file: only the link is wrong
         target = outside.with_name(name)
+        shutil.copy(link, target)  # a working file moved out: only the link is wrong
+    link.unlink(missing_ok=True)
     link.symlink_to(target)
     return name, what
+
+
+def model_beside_a_secret(root: Path, model_dir: Path, secret: str) -> tuple[Path, Path]:
+    """A copy of the shipped model folder at root/model and, outside it, root/private/secret.txt
+    (model_folder_links moves a file the model reads beside it)."""
+    model = root / "model"
+    shutil.copytree(model_dir, model)
+    outside = root / "private" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text(secret)
+    return model, outside
 
 
 @bounded(25)
 @given(data=st.data())
 def test_a_push_never_uploads_or_reads_through_a_link_out_of_the_model_folder(data, model_dir, capsys):
     with scratch() as root:
-        source = root / "source"
-        shutil.copytree(model_dir, source)
-        model = root / "model"
-        shutil.copytree(source, model)
-        outside = root / "private" / "secret.txt"
-        outside.parent.mkdir()
-        outside.write_text("---\nlicense: mine\n---\nprivate words\n")
+        model, outside = model_beside_a_secret(root, model_dir, "---\nlicense: mine\n---\nprivate words\n")
         name, what = data.draw(model_folder_links(model, outside))
         code, out, err = run_cli(["-q", "push", str(model), "someone/model", "--dry-run"], capsys)
         assert code != 0, (name, what, out[:300])
@@ -240,13 +245,7 @@ def test_a_ray_job_never_ships_a_file_through_a_link_out_of_the_model_folder(dat
     from artcap.ray_job import ModelBundle
 
     with scratch() as root:
-        source = root / "source"
-        shutil.copytree(model_dir, source)
-        model = root / "model"
-        shutil.copytree(source, model)
-        outside = root / "private" / "secret.txt"
-        outside.parent.mkdir()
-        outside.write_text("private words\n")
+        model, outside = model_beside_a_secret(root, model_dir, "private words\n")
         name, what = data.draw(model_folder_links(model, outside))
         if data.draw(st.booleans()):  # the link one folder down (moved as it is: out, or now broken)
             (model / "sub").mkdir()

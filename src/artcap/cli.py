@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="no progress bars or info messages")
         command.add_argument("--threads", type=settings.Bounded(int, settings.threads_spec(), "threads"), default=None,
                              help="torch threads (default: torch's, one per core)")
-        if command.prog.split()[-1] in ("caption", "features", "evaluate", "serve"):
+        if command.prog.split()[-1] in ("caption", "features", "evaluate", "compare", "serve"):
             command.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
                                  help="what runs the image network: auto = ONNX Runtime on a CPU when it is "
                                       "installed and its export checks out, else torch")

@@ -24,7 +24,7 @@ from .coherence import DEFECTS
 from .data import EMOTIONS
 from .decode import DecodingConfig
 from .errors import ArtcapError
-from .evaluate import (SPLITS, TABLE_COLUMNS, EvaluationSet, add_resamples_argument, caption_all,
+from .evaluate import (TABLE_COLUMNS, EvaluationSet, add_scoring_arguments, caption_all,
                        load_evaluation_set, score_system)
 from .evaluate_emotion import emotion_statistics, text_judge
 from .metrics import COCO_KEYS, java_available
@@ -174,21 +174,12 @@ def add_compare_parser(sub) -> None:
                                    "interval excludes 0.")
     p.add_argument("model_a", metavar="A", help="a shipped model's name, a model folder or a run folder")
     p.add_argument("model_b", metavar="B", help="the model to compare A with")
-    p.add_argument("--data", required=True, help="ArtEmis CSV or Flickr8k captions.txt")
-    p.add_argument("--images", required=True, help="image folder")
-    p.add_argument("--split", choices=SPLITS, default="test",
-                   help="the models' test or val paintings, or every painting of the data (default: test)")
+    add_scoring_arguments(p, "models'")
     p.add_argument("--format", choices=["text", "markdown", "json"], default="text", help="what to print")
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start per model)")
     for side in ("a", "b"):
         p.add_argument(f"--decoding-{side}", dest=f"decoding_{side}", action="append", default=[],
                        metavar="SETTING=VALUE", help=f"change one decoding setting of model {side.upper()} "
                        f"(repeatable), e.g. --decoding-{side} coherent=false: one model, two decodings")
-    add_resamples_argument(p)
-    p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
-    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
-    p.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto",
-                   help="what runs the image network when features must be extracted")
     p.set_defaults(func=run_compare)
 
 

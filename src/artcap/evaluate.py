@@ -390,27 +390,28 @@ def add_evaluate_parser(sub) -> None:
                                    "scores.md with --out.")
     p.add_argument("model", nargs="?", default=None, metavar="RUN_OR_MODEL",
                    help="run folder or model folder (default: the shipped model)")
-    p.add_argument("--data", required=True, help="ArtEmis CSV or Flickr8k captions.txt")
-    p.add_argument("--images", required=True, help="image folder")
-    p.add_argument("--split", choices=SPLITS, default="test",
-                   help="the model's test or val paintings, or every painting of the data (default: test)")
+    add_scoring_arguments(p, "model's")
     settings.add_arguments(p.add_argument_group("decoding (every field of DecodingConfig)"), DecodingConfig)
     p.add_argument("--format", choices=["text", "json"], default="text", help="stdout: the markdown table or JSON")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="write predictions.json, scores.json and scores.md into DIR")
     p.add_argument("--baselines", action="store_true", help="also score the nearest-neighbour and constant baselines")
-    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start)")
-    add_resamples_argument(p)
-    p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
-    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
     p.set_defaults(func=run_evaluate)
 
 
-def add_resamples_argument(p) -> None:
+def add_scoring_arguments(p, whose: str) -> None:
+    """The data, split and scoring options that `evaluate` and `compare` share."""
+    p.add_argument("--data", required=True, help="ArtEmis CSV or Flickr8k captions.txt")
+    p.add_argument("--images", required=True, help="image folder")
+    p.add_argument("--split", choices=SPLITS, default="test",
+                   help=f"the {whose} test or val paintings, or every painting of the data (default: test)")
+    p.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves a ~10 s Java start per model)")
     p.add_argument("--resamples", type=settings.bounded(int, 1, 100_000),
                    default=bootstrap.DEFAULT_RESAMPLES, metavar="N",
                    help=f"bootstrap resamples of the paintings behind each 95%% interval "
                         f"(default: {bootstrap.DEFAULT_RESAMPLES})")
+    p.add_argument("--cache", default="", help="feature cache folder (default: $ARTCAP_CACHE or ~/.cache/artcap)")
+    p.add_argument("--skip-missing", action="store_true", help="go on without bad rows and unreadable images")
 
 
 def run_evaluate(args) -> int:
