@@ -144,10 +144,6 @@ def repeat_rows(conditions: Conditions, times: int) -> dict[str, torch.Tensor]:
     return {name: ids.repeat_interleave(times, dim=0) for name, ids in conditions.items()}
 
 
-def to_device(conditions: Conditions | None, device: torch.device | str) -> dict[str, torch.Tensor]:
-    return {name: ids.to(device) for name, ids in (conditions or {}).items()}
-
-
 def _parse_emotion(condition: Condition, text: str) -> str:
     """An emotion as users write it -> its EMOTIONS spelling, or "auto" (the emotion head's choice)."""
     name = normalised(text)
