@@ -64,6 +64,18 @@ def _check_same_paintings(a: EvaluationSet, b: EvaluationSet, name_a: str, name_
                           f"presets differ), so their scores are not comparable; compare models of one preset")
 
 
+def paired_measures(a: dict[str, bootstrap.Statistic], b: dict[str, bootstrap.Statistic], name_a: str, name_b: str,
+                    weights) -> dict[str, Any]:
+    """{"a", "b", "measures": {measure: {"a", "b", "difference", "interval", "p_value", "verdict"}}}: every measure
+    both have, in MEASURE_ORDER, A - B on the same resampled paintings."""
+    measures = {}
+    for measure in [m for m in MEASURE_ORDER if m in a and m in b]:
+        result = bootstrap.paired(a[measure], b[measure], weights)
+        measures[measure] = {"a": _finite(a[measure].value()), "b": _finite(b[measure].value()), **result,
+                             "verdict": verdict(measure, result["interval"], name_a, name_b)}
+    return {"a": name_a, "b": name_b, "measures": measures}
+
+
 def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: bool, progress: bool,
            decoding_overrides: dict[str, Any]) -> dict:
     """Every statistic of one model on its evaluation set (statistics over the paintings in sorted id order)."""
@@ -108,19 +120,13 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
                            Path(feature_cache) if feature_cache else None)
     scored = [_score(c, s, judge, with_meteor, progress, o) for c, s, o in zip(captioners, sets, overrides)]
     weights = bootstrap.resample_weights(len(sets[0].ids), resamples)
-    measures = {}
-    for measure in [m for m in MEASURE_ORDER if m in scored[0]["statistics"] and m in scored[1]["statistics"]]:
-        a, b = scored[0]["statistics"][measure], scored[1]["statistics"][measure]
-        result = bootstrap.paired(a, b, weights)
-        measures[measure] = {"a": _finite(a.value()), "b": _finite(b.value()), **result,
-                             "verdict": verdict(measure, result["interval"], names[0], names[1])}
-    return {"a": names[0], "b": names[1], "a_path": str(captioners[0].folder.path),
+    paired = paired_measures(scored[0]["statistics"], scored[1]["statistics"], names[0], names[1], weights)
+    return {**paired, "a_path": str(captioners[0].folder.path),
             "b_path": str(captioners[1].folder.path), "data": str(data), "split": split,
             "paintings": len(sets[0].ids), "decoding": {"a": scored[0]["decoding"], "b": scored[1]["decoding"]},
             "meteor": with_meteor,
             "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
                       f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
-            "measures": measures,
             "captions": {"ids": sets[0].ids, "a": scored[0]["captions"], "b": scored[1]["captions"]}}
 
 

@@ -69,16 +69,22 @@ def train_point(config: TrainConfig, steps: int, epochs: int, out: Path, progres
     return run, "resumed" if resume else "trained"
 
 
-def fold_splits(config: TrainConfig, folds: int) -> list[dict[str, list[str]]]:
-    """K-fold cross-validation by painting on the training paintings of the split the data's seed makes: fold k
-    validates on the k-th of K shuffled shares and trains on the rest; the test paintings stay out of every fold."""
+def training_shares(config: TrainConfig, folds: int) -> tuple[list[list[str]], dict[str, list[str]]]:
+    """The training paintings of the split the data's seed makes, shuffled (seed split_seed + 1) and dealt into
+    `folds` shares, and that split."""
     from .data import make_splits, read_annotations
 
     annotations = read_annotations(config.data.captions, config.data.images, skip_missing=config.data.skip_missing)
     splits = make_splits({a.image_id for a in annotations}, config.data.split_seed)
     train_ids = list(splits["train"])
     random.Random(config.data.split_seed + 1).shuffle(train_ids)
-    shares = [sorted(train_ids[k::folds]) for k in range(folds)]
+    return [sorted(train_ids[k::folds]) for k in range(folds)], splits
+
+
+def fold_splits(config: TrainConfig, folds: int) -> list[dict[str, list[str]]]:
+    """K-fold cross-validation by painting on the training paintings: fold k validates on the k-th share and trains
+    on the rest; the test paintings stay out of every fold."""
+    shares, splits = training_shares(config, folds)
     return [{"train": sorted(i for j, share in enumerate(shares) if j != k for i in share), "val": shares[k],
              "test": list(splits["test"])} for k in range(folds)]
 
@@ -273,45 +279,96 @@ def _parse_grid(text: str) -> list[int]:
 
 
 def add_experiment_parser(sub) -> None:
-    p = sub.add_parser("experiment", help="reproduce the report's experiments (steps per epoch)",
-                       description="Run a training study, evaluate every run on the test split and write a "
-                                   "markdown report with the table and loss curves. Finished runs are skipped, "
-                                   "interrupted ones resumed, so re-running only rebuilds the report.")
-    p.add_argument("study", choices=["steps-per-epoch"], help="which study")
+    p = sub.add_parser("experiment", help="training studies: the report's steps per epoch; recipes compared by "
+                                          "cross-validation",
+                       description="steps-per-epoch: run the report's study, evaluate every run on the test split "
+                                   "and write a markdown report with the table and loss curves. recipes: train each "
+                                   "--config on K folds of the training paintings, caption each held-out share and "
+                                   "compare the recipes on the pooled paintings with paired intervals. Finished runs "
+                                   "are skipped, interrupted ones resumed, so re-running only rebuilds the report.")
+    p.add_argument("study", choices=["steps-per-epoch", "recipes"], help="which study")
     p.add_argument("--grid", default=None,
-                   help=f"steps per epoch, comma-separated (default: {','.join(map(str, PAPER['grid']))}; "
-                        f"--quick: {','.join(map(str, QUICK['grid']))})")
+                   help=f"steps-per-epoch: steps per epoch, comma-separated (default: "
+                        f"{','.join(map(str, PAPER['grid']))}; --quick: {','.join(map(str, QUICK['grid']))})")
     p.add_argument("--epochs", type=bounded(int, 1, MAX_EPOCHS), default=None,
-                   help=f"epochs per run (default: {PAPER['epochs']}; --quick: {QUICK['epochs']})")
+                   help=f"steps-per-epoch: epochs per run (default: {PAPER['epochs']}; --quick: {QUICK['epochs']})")
     p.add_argument("--quick", action="store_true",
-                   help="a preset scaled to artemis-mini that finishes in under 20 minutes on 2 CPU cores")
-    p.add_argument("--config", type=Path, default=None, help="TOML training config (see configs/)")
+                   help="steps-per-epoch: a preset scaled to artemis-mini that finishes in under 20 minutes on 2 "
+                        "CPU cores")
+    p.add_argument("--config", type=Path, action="append", default=[],
+                   help="TOML training config (see configs/); recipes: one per recipe, the first is the incumbent")
+    p.add_argument("--seeds", default=None, metavar="N,N",
+                   help="recipes: train every recipe once per seed, e.g. 0,1 (the stability check: two seeds of one "
+                        "recipe must land inside each other's interval)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="TABLE.KEY=VALUE",
                    help="override a config setting (repeatable), e.g. --set decoder.hidden_dim=512")
     p.add_argument("--data", default=None, help="ArtEmis CSV (config key: data.captions)")
     p.add_argument("--images", default=None, help="image folder (config key: data.images)")
     p.add_argument("--no-meteor", action="store_true", help="skip METEOR in the evaluations")
     p.add_argument("--folds", type=bounded(int, MIN_FOLDS, MAX_FOLDS), default=0, metavar="K",
-                   help="also train each point on K cross-validation folds of the training paintings and report "
-                        "the validation measure's mean over them with a 95%% interval (K more runs per point)")
+                   help="steps-per-epoch: also train each point on K cross-validation folds and report the "
+                        "validation measure's mean with a 95%% interval; recipes: the number of folds (default 5)")
+    p.add_argument("--resamples", type=bounded(int, 1, 100_000), default=1000,
+                   help="recipes: bootstrap resamples of the paintings (default 1000)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the runs and the report")
     p.set_defaults(func=run_experiment)
 
 
-def run_experiment(args) -> int:
-    preset = QUICK if args.quick else PAPER
-    grid = _parse_grid(args.grid) if args.grid is not None else preset["grid"]
-    epochs = args.epochs if args.epochs is not None else preset["epochs"]
+def _overrides(args) -> list[str]:
     overrides = list(args.overrides)
     for flag, key in (("data", "data.captions"), ("images", "data.images")):
         if getattr(args, flag):
             overrides.append(f"{key}={getattr(args, flag)}")
+    return overrides
+
+
+def run_experiment(args) -> int:
+    if args.study == "recipes":
+        return run_recipes(args)
+    if len(args.config) > 1:
+        raise ArtcapError("experiment steps-per-epoch: give one --config (several are for experiment recipes)")
+    preset = QUICK if args.quick else PAPER
+    grid = _parse_grid(args.grid) if args.grid is not None else preset["grid"]
+    epochs = args.epochs if args.epochs is not None else preset["epochs"]
+    overrides = _overrides(args)
     if args.quick:
         overrides = ["encoder.num_workers=0", *overrides]
-    config = load_config(args.config, overrides)
+    config = load_config(args.config[0] if args.config else None, overrides)
     results = steps_per_epoch_experiment(config, grid, epochs, args.out, with_meteor=not args.no_meteor,
                                          progress=not getattr(args, "quiet", False), folds=args.folds)
     print(format_markdown_table({f"{r['steps_per_epoch']}": r for r in results["rows"]}, REPORT_COLUMNS,
                                 "steps/epoch"), end="")
     log.info("report: %s (%.0f s)", Path(args.out) / "report.md", results["seconds"])
     return 0
+
+
+def run_recipes(args) -> int:
+    import sys
+
+    from .recipes import recipe_experiment, recipes_from
+
+    for flag in ("grid", "epochs"):
+        if getattr(args, flag) is not None:
+            raise ArtcapError(f"experiment recipes: --{flag} is for steps-per-epoch; set a recipe's epochs in its "
+                              f"config or with --set optim.epochs=N")
+    if args.quick:
+        raise ArtcapError("experiment recipes: --quick is for steps-per-epoch; use --set optim.epochs=N for short runs")
+    seeds = _parse_seeds(args.seeds) if args.seeds is not None else []
+    recipes = recipes_from(args.config, seeds, _overrides(args))
+    results = recipe_experiment(recipes, args.folds or 5, args.out, with_meteor=not args.no_meteor,
+                                resamples=args.resamples, progress=not getattr(args, "quiet", False),
+                                command=["artcap", *sys.argv[1:]])
+    print(Path(args.out, "report.md").read_text(), end="")
+    log.info("report: %s (%.0f s); chosen: %s", Path(args.out) / "report.md", results["seconds"],
+             results["choice"]["chosen"])
+    return 0
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) < len(seeds):
+        raise ArtcapError(f"--seeds {text!r}: expected distinct comma-separated integers of 0 or more, e.g. 0,1")
+    return seeds

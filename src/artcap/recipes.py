@@ -1,0 +1,305 @@
+"""`artcap experiment recipes`: choose between training recipes by k-fold cross-validation by painting.
+
+Why: the val split (119 paintings of artemis-mini) is too small to tell recipes apart; choices made on it flipped
+on test. Here every recipe (a training config, with `--seeds` once per seed) is trained K times. Run k trains on
+K - 1 of K shares of the training paintings, picks its epoch on the val split as a normal run does, and captions
+share k, which it never saw. Pooled over the K runs, every training painting (about 2,000 on artemis-mini, 17 times
+val) is captioned once per recipe by a model that did not train on it. Recipes are then compared painting by
+painting with the paired bootstrap of `artcap compare`, and a recipe is called better only when the paired interval
+excludes 0. The test paintings stay out of every run. Two seeds of one recipe give the stability check: each must
+land inside the other's interval.
+
+Layout: ``DIR/<recipe>/fold-<k>/`` (a run folder; its splits.json names share k "test"), with
+``out_of_fold.json`` (share k's captions, plain and under each emotion) beside its model; ``DIR/report.md`` and
+``DIR/results.json``. Finished runs are skipped, interrupted ones resumed, captions reused while newer than the
+model, so running the command again only rebuilds the report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import bootstrap
+from .config import TrainConfig, load_config
+from .errors import ArtcapError
+from .io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("artcap")
+
+CAPTIONS_FILE = "out_of_fold.json"
+GATES = {"steerability": 0.60, "distinct": 0.60}  # what a shipped default must reach (docs/models.md)
+CHOICE_MEASURE = "CIDEr-D"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # as reports show it: the config's stem, with " (seed N)" when several seeds run
+    folder: str  # its folder under DIR
+    config: TrainConfig
+
+
+def recipes_from(paths: list[Path], seeds: list[int], overrides: list[str]) -> list[Recipe]:
+    """One Recipe per config and seed (`seeds` empty: each config's own seed)."""
+    stems = [Path(p).stem for p in paths]
+    if len(set(stems)) < len(stems):
+        raise ArtcapError(f"--config: two configs share a name ({', '.join(stems)}); rename one, since its name "
+                          f"names its folder and its row")
+    recipes = []
+    for path, stem in zip(paths, stems):
+        config = load_config(path, overrides)
+        for seed in seeds or [config.run.seed]:
+            # The folder names the seed either way, so runs of one seed are shared by the studies that name it.
+            name = stem if not seeds else f"{stem} (seed {seed})"
+            recipes.append(Recipe(name, f"{stem}-seed{seed}", config.replaced({"run.seed": seed})))
+    return recipes
+
+
+def out_of_fold_splits(config: TrainConfig, folds: int) -> list[dict[str, list[str]]]:
+    """Fold k: train on all shares of the training paintings but the k-th, validate on the data's val split,
+    caption ("test") the k-th share. The data's test paintings are in none of them."""
+    from .experiment import training_shares
+
+    shares, splits = training_shares(config, folds)
+    return [{"train": sorted(i for j, share in enumerate(shares) if j != k for i in share),
+             "val": list(splits["val"]), "test": share} for k, share in enumerate(shares)]
+
+
+def train_fold(config: TrainConfig, run: Path, splits: dict[str, list[str]], progress: bool) -> str:
+    """Train (or resume, or skip when finished) one fold's run; returns what happened."""
+    from .experiment import is_finished
+    from .train import train
+
+    if is_finished(run, config.optim.epochs):
+        return "skipped"
+    resume = (run / "checkpoint.pt").is_file()
+    log.info("%s: %s", run, "resuming" if resume else "training")
+    train(config.replaced({"run.out": str(run)}), resume=resume, progress=progress, splits=splits)
+    return "resumed" if resume else "trained"
+
+
+def caption_share(run: Path, config: TrainConfig, progress: bool) -> dict[str, Any]:
+    """The run's captions of its held-out share: {"ids", "captions", "steered": {emotion: captions}}, written to
+    run/out_of_fold.json and reused while newer than the model."""
+    from .captioner import Captioner
+    from .data import EMOTIONS
+    from .evaluate import caption_all, load_evaluation_set
+
+    path, model_file = run / CAPTIONS_FILE, run / "model" / "model.safetensors"
+    if path.is_file() and path.stat().st_mtime >= model_file.stat().st_mtime:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass  # written atomically: only a hand edit gets here; caption again
+    captioner = Captioner.load(run / "model")
+    evalset = load_evaluation_set(captioner, config.data.captions, config.data.images, "test",
+                                  config.encoder.feature_cache, config.data.skip_missing, progress)
+    decoding = captioner.resolve_decoding()
+    result = {"ids": evalset.ids,
+              "captions": caption_all(captioner, evalset.features, progress=progress, decoding=decoding,
+                                      desc=f"captioning {run}"),
+              "steered": ({e: caption_all(captioner, evalset.features, progress=False, decoding=decoding, emotion=e)
+                           for e in EMOTIONS} if captioner.is_grounded else {})}
+    atomic_write_json(path, result)
+    return result
+
+
+def pool(shares: list[dict[str, Any]]) -> dict[str, Any]:
+    """The K shares' captions as one set over every training painting."""
+    ids = [i for s in shares for i in s["ids"]]
+    if len(set(ids)) != len(ids):
+        raise ArtcapError("the folds' shares overlap: their runs were made with different split seeds or fold "
+                          "counts; use a fresh --out")
+    emotions = set.intersection(*(set(s["steered"]) for s in shares))
+    return {"ids": ids, "captions": [c for s in shares for c in s["captions"]],
+            "steered": {e: [c for s in shares for c in s["steered"][e]] for e in sorted(emotions)}}
+
+
+def score_pooled(pooled: dict[str, Any], references: dict[str, list[str]], annotations, judge,
+                 with_meteor: bool) -> dict[str, bootstrap.Statistic]:
+    """Every measure of `artcap evaluate` (but copied-from-training: each run trained on other paintings) as a
+    bootstrap statistic over the pooled paintings, plus alignment and steerability when the data has emotions."""
+    from .evaluate import score_system
+    from .evaluate_emotion import emotion_statistics
+
+    scores = score_system(pooled["ids"], pooled["captions"], references, None, with_meteor)
+    statistics = dict(scores["statistics"])
+    if judge is not None:
+        emotion = emotion_statistics(judge, annotations, pooled["ids"], {"model": pooled["captions"]},
+                                     pooled["steered"] or None)
+        statistics["alignment"] = emotion["alignment: model"]
+        statistics.update({k: v for k, v in emotion.items() if k.startswith("steerability")})
+    return statistics
+
+
+def _judge_and_references(recipe: Recipe, out: Path, ids: list[str], progress: bool):
+    """One text emotion judge for every recipe (the first recipe's first run's: the same judge for all, so
+    alignment and steerability differ only by the captions), the data's rows, and the references of `ids`."""
+    from .captioner import Captioner
+    from .data import references
+    from .evaluate import load_evaluation_set
+    from .evaluate_emotion import text_judge
+
+    config = recipe.config
+    captioner = Captioner.load(out / recipe.folder / "fold-1" / "model")
+    evalset = load_evaluation_set(captioner, config.data.captions, config.data.images, "test",
+                                  config.encoder.feature_cache, config.data.skip_missing, progress)
+    annotations = evalset.annotations
+    judge = None
+    if all(a.emotion is not None for a in annotations):
+        judge = text_judge(captioner, annotations, evalset.splits, None)
+    return judge, annotations, references(annotations, captioner.config.preset, ids)
+
+
+def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_meteor: bool = True,
+                      resamples: int = bootstrap.DEFAULT_RESAMPLES, progress: bool = True,
+                      command: list[str] | None = None) -> dict[str, Any]:  # long: one stage after another, each a call
+    """Train every recipe on every fold, caption each held-out share, score the pooled captions and compare every
+    recipe with the first (the incumbent) and each seed with the recipe's first seed. Writes DIR/report.md and
+    DIR/results.json (`command`: the Reproduce line's arguments); returns the results."""
+    from .compare import paired_measures
+    from .metrics import java_available
+
+    if len(recipes) < 2:
+        raise ArtcapError("experiment recipes: give two or more --config files (or one with --seeds 0,1)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if with_meteor and not java_available():
+        log.warning("java not found on PATH: METEOR is left out (install a Java runtime to get it)")
+        with_meteor = False
+    started = time.perf_counter()
+    pooled, actions = {}, {}
+    for recipe in recipes:
+        shares = []
+        for k, splits in enumerate(out_of_fold_splits(recipe.config, folds), start=1):
+            run = out / recipe.folder / f"fold-{k}"
+            actions[f"{recipe.folder}/fold-{k}"] = train_fold(recipe.config, run, splits, progress)
+            shares.append(caption_share(run, recipe.config, progress))
+        pooled[recipe.name] = pool(shares)
+    ids = pooled[recipes[0].name]["ids"]
+    if any(sorted(p["ids"]) != sorted(ids) for p in pooled.values()):
+        raise ArtcapError("the recipes' folds hold different paintings (their data or data.split_seed differ), so "
+                          "no paired comparison; give recipes on the same data and split seed")
+    judge, annotations, refs = _judge_and_references(recipes[0], out, ids, progress)
+    statistics = {name: score_pooled(p, refs, annotations, judge, with_meteor) for name, p in pooled.items()}
+    weights = bootstrap.resample_weights(len(ids), resamples)
+    results = {
+        "experiment": "recipes", "folds": folds, "paintings": len(ids), "meteor": with_meteor,
+        "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
+                  f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
+        "recipes": {r.name: r.folder for r in recipes}, "command": command or [],
+        "scores": {name: {m: {"value": _finite(s.value()), "interval": bootstrap.interval(s, weights)}
+                          for m, s in stats.items()} for name, stats in statistics.items()},
+        "against_incumbent": [paired_measures(statistics[recipes[0].name], statistics[r.name], recipes[0].name,
+                                              r.name, weights) for r in recipes[1:]],
+        "seeds": [paired_measures(statistics[a.name], statistics[b.name], a.name, b.name, weights)
+                  for a, b in seed_pairs(recipes)],
+        "actions": actions,
+    }
+    results["choice"] = choose(results, recipes[0].name)
+    results["seconds"] = time.perf_counter() - started
+    atomic_write_json(out / "results.json", results)
+    atomic_write_text(out / "report.md", render_report(results, out))
+    return results
+
+
+def _finite(value: float) -> float | None:
+    import math
+
+    return value if math.isfinite(value) else None
+
+
+def seed_pairs(recipes: list[Recipe]) -> list[tuple[Recipe, Recipe]]:
+    """(first seed, other seed) of each config trained with several seeds."""
+    by_config: dict[str, list[Recipe]] = {}
+    for r in recipes:
+        by_config.setdefault(r.name.split(" (seed ")[0], []).append(r)
+    return [(group[0], other) for group in by_config.values() for other in group[1:]]
+
+
+def passes_gates(scores: dict[str, dict]) -> list[str]:
+    """The gates a recipe misses (empty: it may be shipped)."""
+    return [f"{m} {scores[m]['value']:.2f} < {floor:.2f}" for m, floor in GATES.items()
+            if m in scores and (scores[m]["value"] is None or scores[m]["value"] < floor)]
+
+
+def choose(results: dict, incumbent: str) -> dict[str, Any]:
+    """The rule: among recipes that pass the gates, a challenger replaces the incumbent only when its CIDEr-D is
+    higher with a paired interval that excludes 0; otherwise the incumbent stays."""
+    best, reasons = incumbent, []
+    for comparison in results["against_incumbent"]:
+        name = comparison["b"]
+        missed = passes_gates(results["scores"][name])
+        measure = comparison["measures"].get(CHOICE_MEASURE)
+        if missed:
+            reasons.append(f"{name}: misses {', '.join(missed)}")
+        elif measure and measure["verdict"] == f"{name} better":
+            reasons.append(f"{name}: {CHOICE_MEASURE} better by {-measure['difference']:.3f} "
+                           f"[{-measure['interval'][1]:.3f}, {-measure['interval'][0]:.3f}]")
+            if best == incumbent or -measure["difference"] > _gain(results, best, incumbent):
+                best = name
+        else:
+            reasons.append(f"{name}: {CHOICE_MEASURE} {measure['verdict'] if measure else 'not measured'}")
+    return {"chosen": best, "incumbent": incumbent, "reasons": reasons}
+
+
+def _gain(results: dict, name: str, incumbent: str) -> float:
+    comparison = next(c for c in results["against_incumbent"] if c["b"] == name)
+    return -comparison["measures"][CHOICE_MEASURE]["difference"]
+
+
+def stability_lines(comparison: dict, scores: dict[str, dict]) -> list[str]:
+    """Whether each seed's value lies inside the other seed's interval, and where the paired interval excludes 0."""
+    a, b = comparison["a"], comparison["b"]
+    outside = [m for m in comparison["measures"]
+               if not (_inside(scores[a].get(m), scores[b].get(m)) and _inside(scores[b].get(m), scores[a].get(m)))]
+    differing = [m for m, v in comparison["measures"].items() if v["verdict"] != "no difference shown"]
+    return [f"- **{a} against {b}**: "
+            + ("each lands inside the other's 95% interval on every measure" if not outside else
+               f"outside the other's interval on {', '.join(outside)}")
+            + ("; no paired difference excludes 0." if not differing else
+               f"; paired differences that exclude 0: {', '.join(differing)}.")]
+
+
+def _inside(score: dict | None, other: dict | None) -> bool:
+    if not score or not other or score["value"] is None or None in other["interval"]:
+        return True
+    low, high = other["interval"]
+    return low - 1e-12 <= score["value"] <= high + 1e-12
+
+
+def render_report(results: dict, out: Path) -> str:
+    from .compare import MEASURE_ORDER, render_markdown
+    from .metrics import format_markdown_table
+
+    scores = results["scores"]
+    columns = [m for m in MEASURE_ORDER if any(m in s for s in scores.values()) and not m.startswith("steerability:")]
+    rows = {name: {m: v["value"] for m, v in s.items()} for name, s in scores.items()}
+    intervals = {name: {m: v["interval"] for m, v in s.items()} for name, s in scores.items()}
+    choice = results["choice"]
+    lines = [f"# Recipes compared by {results['folds']}-fold cross-validation by painting", "",
+             f"Each recipe was trained {results['folds']} times, each run on all but one share of the training "
+             f"paintings, and captioned the share it did not see: {results['paintings']} paintings, each captioned "
+             f"once per recipe by a model that never trained on it (test paintings left out). Every value with its "
+             f"95% bootstrap interval over the paintings; {results['method']}.", "",
+             format_markdown_table(rows, columns, "recipe", intervals=intervals),
+             f"## Choice: **{choice['chosen']}**", "",
+             f"Rule: a recipe must reach " + ", ".join(f"{m} >= {v:.2f}" for m, v in GATES.items())
+             + f", and replaces {choice['incumbent']} only when its {CHOICE_MEASURE} is higher with a paired "
+             f"interval that excludes 0.", "", *[f"- {r}" for r in choice["reasons"]], ""]
+    for comparison in results["against_incumbent"]:
+        lines += [f"## {comparison['a']} against {comparison['b']} (paired)", "", render_markdown(comparison)]
+    if results["seeds"]:
+        lines += ["## The same recipe trained with two seeds", ""]
+        for comparison in results["seeds"]:
+            lines += stability_lines(comparison, scores) + ["", render_markdown(comparison)]
+    if results["command"]:
+        import shlex
+
+        lines.append(f"Reproduce: `{shlex.join(results['command'])}` (finished runs are skipped; each run's "
+                     f"config.toml holds what it trained with).")
+    return "\n".join(lines) + "\n"
