@@ -4,6 +4,7 @@ a condition defined here, with one registry call, trains and decodes without tou
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -46,7 +47,7 @@ print(json.dumps(out))
 
 
 def _reference_source(tmp_path: Path) -> Path:
-    """The package as it was at REFERENCE_COMMIT, unpacked from git (skip where there is no git history)."""
+    """The package's code as it was at REFERENCE_COMMIT, unpacked from git (skip where there is no git history)."""
     try:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", REFERENCE_COMMIT, "src/artcap"],
                                  capture_output=True, check=True).stdout
@@ -54,6 +55,10 @@ def _reference_source(tmp_path: Path) -> Path:
         pytest.skip(f"the reference commit {REFERENCE_COMMIT} is not in this checkout's history: {e}")
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(tmp_path, filter="data")
+    # The reference code runs on today's shipped weights: a model retrained since must still caption alike.
+    models = tmp_path / "src" / "artcap" / "models"
+    shutil.rmtree(models)
+    shutil.copytree(REPO / "src" / "artcap" / "models", models)
     return tmp_path / "src"
 
 

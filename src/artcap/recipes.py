@@ -222,9 +222,15 @@ def seed_pairs(recipes: list[Recipe]) -> list[tuple[Recipe, Recipe]]:
 
 
 def passes_gates(scores: dict[str, dict]) -> list[str]:
-    """The gates a recipe misses (empty: it may be shipped)."""
-    return [f"{m} {scores[m]['value']:.2f} < {floor:.2f}" for m, floor in GATES.items()
-            if m in scores and (scores[m]["value"] is None or scores[m]["value"] < floor)]
+    """The gates a recipe misses (empty: it may be shipped); an ungrounded recipe has no steerability to pass."""
+    missed = []
+    for measure, floor in GATES.items():
+        value = scores.get(measure, {}).get("value")
+        if value is None:
+            missed.append(f"{measure} not measured (the recipe cannot be steered)")
+        elif value < floor:
+            missed.append(f"{measure} {value:.2f} < {floor:.2f}")
+    return missed
 
 
 def choose(results: dict, incumbent: str) -> dict[str, Any]:
