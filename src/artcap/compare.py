@@ -49,7 +49,7 @@ def verdict(measure: str, bounds: list[float | None], name_a: str, name_b: str) 
     return f"{name_a if a_higher else name_b} higher"  # e.g. mean_length: neither direction is better
 
 
-def _finite(value: float) -> float | None:
+def finite_or_none(value: float) -> float | None:
     """None for a measure undefined on these paintings (alignment without a majority emotion): JSON has no NaN."""
     return value if np.isfinite(value) else None
 
@@ -71,7 +71,8 @@ def paired_measures(a: dict[str, bootstrap.Statistic], b: dict[str, bootstrap.St
     measures = {}
     for measure in [m for m in MEASURE_ORDER if m in a and m in b]:
         result = bootstrap.paired(a[measure], b[measure], weights)
-        measures[measure] = {"a": _finite(a[measure].value()), "b": _finite(b[measure].value()), **result,
+        measures[measure] = {"a": finite_or_none(a[measure].value()), "b": finite_or_none(b[measure].value()),
+                             **result,
                              "verdict": verdict(measure, result["interval"], name_a, name_b)}
     return {"a": name_a, "b": name_b, "measures": measures}
 

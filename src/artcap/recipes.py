@@ -160,11 +160,11 @@ def _judge_and_references(recipe: Recipe, out: Path, ids: list[str], progress: b
 
 def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_meteor: bool = True,
                       resamples: int = bootstrap.DEFAULT_RESAMPLES, progress: bool = True,
-                      command: list[str] | None = None) -> dict[str, Any]:  # long: one stage after another, each a call
+                      command: list[str] | None = None) -> dict[str, Any]:
     """Train every recipe on every fold, caption each held-out share, score the pooled captions and compare every
     recipe with the first (the incumbent) and each seed with the recipe's first seed. Writes DIR/report.md and
     DIR/results.json (`command`: the Reproduce line's arguments); returns the results."""
-    from .compare import paired_measures
+    from .compare import finite_or_none, paired_measures
     from .metrics import java_available
 
     if len(recipes) < 2:
@@ -195,7 +195,7 @@ def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_m
         "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
                   f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
         "recipes": {r.name: r.folder for r in recipes}, "command": command or [],
-        "scores": {name: {m: {"value": _finite(s.value()), "interval": bootstrap.interval(s, weights)}
+        "scores": {name: {m: {"value": finite_or_none(s.value()), "interval": bootstrap.interval(s, weights)}
                           for m, s in stats.items()} for name, stats in statistics.items()},
         "against_incumbent": [paired_measures(statistics[recipes[0].name], statistics[r.name], recipes[0].name,
                                               r.name, weights)
@@ -209,12 +209,6 @@ def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_m
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "report.md", render_report(results, out))
     return results
-
-
-def _finite(value: float) -> float | None:
-    import math
-
-    return value if math.isfinite(value) else None
 
 
 def seed_pairs(recipes: list[Recipe]) -> list[tuple[Recipe, Recipe]]:
