@@ -35,8 +35,8 @@ def test_recipes_caption_every_training_painting_once_with_a_model_that_never_sa
     recipes = recipes_from([same, twin, small], [], [])
     results = recipe_experiment(recipes, 2, out, with_meteor=False, resamples=200, progress=False,
                                 command=["artcap", "experiment", "recipes", "--config", str(same), "--config",
-                                         str(twin), "--config", str(small), "--folds", "2", "--no-meteor",
-                                         "--resamples", "200", "--out", str(out)])
+                                         str(twin), "--config", str(small), "--folds", "2", "--resamples", "200",
+                                         "--out", str(out), "--no-meteor"])
     assert set(results["actions"].values()) == {"trained"} and len(results["actions"]) == 6
 
     # The shares: disjoint, together the data's training paintings; test paintings in no run; val as the data's.
@@ -75,6 +75,7 @@ def test_recipes_caption_every_training_painting_once_with_a_model_that_never_sa
     assert main(shlex.split(line)[1:] + ["-q"]) == 0
     again = json.loads((out / "results.json").read_text())
     assert set(again["actions"].values()) == {"skipped"} and again["scores"] == results["scores"]
+    assert re.search(r"Reproduce: `([^`]+)`", (out / "report.md").read_text()).group(1) == line
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 

@@ -343,8 +343,6 @@ def run_experiment(args) -> int:
 
 
 def run_recipes(args) -> int:
-    import sys
-
     from .recipes import recipe_experiment, recipes_from
 
     for flag in ("grid", "epochs"):
@@ -357,11 +355,25 @@ def run_recipes(args) -> int:
     recipes = recipes_from(args.config, seeds, _overrides(args))
     results = recipe_experiment(recipes, args.folds or 5, args.out, with_meteor=not args.no_meteor,
                                 resamples=args.resamples, progress=not getattr(args, "quiet", False),
-                                command=["artcap", *sys.argv[1:]])
+                                command=_recipes_command(args))
     print(Path(args.out, "report.md").read_text(), end="")
     log.info("report: %s (%.0f s); chosen: %s", Path(args.out) / "report.md", results["seconds"],
              results["choice"]["chosen"])
     return 0
+
+
+def _recipes_command(args) -> list[str]:
+    """The command line that reruns this study as given (the Reproduce line): finished runs are skipped."""
+    command = ["artcap", "experiment", "recipes"]
+    for config in args.config:
+        command += ["--config", str(config)]
+    for flag in ("seeds", "data", "images"):
+        if getattr(args, flag) is not None:
+            command += [f"--{flag}", str(getattr(args, flag))]
+    for override in args.overrides:
+        command += ["--set", override]
+    command += ["--folds", str(args.folds or 5), "--resamples", str(args.resamples), "--out", str(args.out)]
+    return command + (["--no-meteor"] if args.no_meteor else [])
 
 
 def _parse_seeds(text: str) -> list[int]:
