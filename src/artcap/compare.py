@@ -77,6 +77,20 @@ def paired_measures(a: dict[str, bootstrap.Statistic], b: dict[str, bootstrap.St
     return {"a": name_a, "b": name_b, "measures": measures}
 
 
+def model_emotion_statistics(judge, annotations, ids: list[str], captions: list[str],
+                             steered: dict[str, list[str]] | None) -> dict[str, bootstrap.Statistic]:
+    """A model's "alignment" and "steerability[: EMOTION]" statistics (`steered`: its captions under each emotion)."""
+    emotion = emotion_statistics(judge, annotations, ids, {"model": captions}, steered)
+    return {"alignment": emotion["alignment: model"],
+            **{k: v for k, v in emotion.items() if k.startswith("steerability")}}
+
+
+def method(resamples: int) -> str:
+    """How the paired intervals and p-values are computed, as reports say it."""
+    return (f"paired percentile bootstrap, {resamples} resamples of the paintings (seed {bootstrap.DEFAULT_SEED}); "
+            f"p: two-sided, shift method")
+
+
 def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: bool, progress: bool,
            decoding_overrides: dict[str, Any]) -> dict:
     """Every statistic of one model on its evaluation set (statistics over the paintings in sorted id order)."""
@@ -89,9 +103,7 @@ def _score(captioner: Captioner, evalset: EvaluationSet, judge, with_meteor: boo
     if judge is not None:
         steered = ({e: caption_all(captioner, evalset.features, progress=False, decoding=decoding, emotion=e)
                     for e in EMOTIONS} if captioner.is_grounded else None)
-        emotion = emotion_statistics(judge, evalset.annotations, evalset.ids, {"model": captions}, steered)
-        statistics["alignment"] = emotion["alignment: model"]
-        statistics.update({k: v for k, v in emotion.items() if k.startswith("steerability")})
+        statistics.update(model_emotion_statistics(judge, evalset.annotations, evalset.ids, captions, steered))
     return {"decoding": decoding.to_dict(), "statistics": statistics, "captions": captions}
 
 
@@ -126,8 +138,7 @@ def compare(model_a: str | Path | None, model_b: str | Path | None, data: str | 
             "b_path": str(captioners[1].folder.path), "data": str(data), "split": split,
             "paintings": len(sets[0].ids), "decoding": {"a": scored[0]["decoding"], "b": scored[1]["decoding"]},
             "meteor": with_meteor,
-            "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
-                      f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
+            "method": method(resamples),
             "captions": {"ids": sets[0].ids, "a": scored[0]["captions"], "b": scored[1]["captions"]}}
 
 

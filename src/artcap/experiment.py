@@ -52,21 +52,38 @@ def is_finished(run: Path, epochs: int) -> bool:
     return len(_history(run)) >= epochs and (run / "model" / "config.json").is_file()
 
 
+def train_or_resume(config: TrainConfig, run: Path, progress: bool = True,
+                    splits: dict[str, list[str]] | None = None) -> str:
+    """Train the run `config` describes into `run`, resume it from its checkpoint, or skip it when finished;
+    returns what happened ("trained", "resumed", "skipped")."""
+    from .train import train
+
+    if is_finished(run, config.optim.epochs):
+        log.info("%s: finished (%d epochs), skipped", run, config.optim.epochs)
+        return "skipped"
+    resume = (run / "checkpoint.pt").is_file()
+    log.info("%s: %s", run, "resuming" if resume else "training")
+    train(config.replaced({"run.out": str(run)}), resume=resume, progress=progress, splits=splits)
+    return "resumed" if resume else "trained"
+
+
+def read_if_fresh(path: Path, source: Path) -> dict | None:
+    """The JSON at `path` while it is at least as new as `source` (what it was computed from), else None."""
+    if path.is_file() and path.stat().st_mtime >= source.stat().st_mtime:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass  # written atomically: only a hand edit gets here; compute it again
+    return None
+
+
 def train_point(config: TrainConfig, steps: int, epochs: int, out: Path, progress: bool = True,
                 fold: tuple[int, dict[str, list[str]]] | None = None) -> tuple[Path, str]:
     """Train (or resume, or skip) one grid point, or (`fold`: (k, its splits)) its k-th cross-validation run;
     returns (run folder, what happened)."""
-    from .train import train
-
     run = out / (f"steps-{steps}" if fold is None else f"steps-{steps}-fold-{fold[0]}")
-    if is_finished(run, epochs):
-        log.info("%s: finished (%d epochs), skipped", run, epochs)
-        return run, "skipped"
-    cfg = config.replaced({"optim.steps_per_epoch": steps, "optim.epochs": epochs, "run.out": str(run)})
-    resume = (run / "checkpoint.pt").is_file()
-    log.info("%s: %s (%d steps x %d epochs)", run, "resuming" if resume else "training", steps, epochs)
-    train(cfg, resume=resume, progress=progress, splits=None if fold is None else fold[1])
-    return run, "resumed" if resume else "trained"
+    cfg = config.replaced({"optim.steps_per_epoch": steps, "optim.epochs": epochs})
+    return run, train_or_resume(cfg, run, progress, None if fold is None else fold[1])
 
 
 def training_shares(config: TrainConfig, folds: int) -> tuple[list[list[str]], dict[str, list[str]]]:
@@ -116,13 +133,9 @@ def evaluate_point(run: Path, config: TrainConfig, with_meteor: bool, progress: 
     """The run's test-split scores, reused from ``run/evaluation/scores.json`` while still current."""
     from .evaluate import evaluate
 
-    scores_path = run / "evaluation" / "scores.json"
-    model_file = run / "model" / "model.safetensors"
-    if scores_path.is_file() and scores_path.stat().st_mtime >= model_file.stat().st_mtime:
-        try:
-            return json.loads(scores_path.read_text())
-        except ValueError:
-            pass
+    scores = read_if_fresh(run / "evaluation" / "scores.json", run / "model" / "model.safetensors")
+    if scores is not None:
+        return scores
     return evaluate(run, config.data.captions, config.data.images, split="test", with_meteor=with_meteor,
                     out_dir=run / "evaluation", feature_cache=config.encoder.feature_cache,
                     skip_missing=config.data.skip_missing, progress=progress)

@@ -17,7 +17,6 @@ model, so running the command again only rebuilds the report.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -72,32 +71,18 @@ def out_of_fold_splits(config: TrainConfig, folds: int) -> list[dict[str, list[s
              "val": list(splits["val"]), "test": share} for k, share in enumerate(shares)]
 
 
-def train_fold(config: TrainConfig, run: Path, splits: dict[str, list[str]], progress: bool) -> str:
-    """Train (or resume, or skip when finished) one fold's run; returns what happened."""
-    from .experiment import is_finished
-    from .train import train
-
-    if is_finished(run, config.optim.epochs):
-        return "skipped"
-    resume = (run / "checkpoint.pt").is_file()
-    log.info("%s: %s", run, "resuming" if resume else "training")
-    train(config.replaced({"run.out": str(run)}), resume=resume, progress=progress, splits=splits)
-    return "resumed" if resume else "trained"
-
-
 def caption_share(run: Path, config: TrainConfig, progress: bool) -> dict[str, Any]:
     """The run's captions of its held-out share: {"ids", "captions", "steered": {emotion: captions}}, written to
     run/out_of_fold.json and reused while newer than the model."""
     from .captioner import Captioner
     from .data import EMOTIONS
     from .evaluate import caption_all, load_evaluation_set
+    from .experiment import read_if_fresh
 
-    path, model_file = run / CAPTIONS_FILE, run / "model" / "model.safetensors"
-    if path.is_file() and path.stat().st_mtime >= model_file.stat().st_mtime:
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            pass  # written atomically: only a hand edit gets here; caption again
+    path = run / CAPTIONS_FILE
+    earlier = read_if_fresh(path, run / "model" / "model.safetensors")
+    if earlier is not None:
+        return earlier
     captioner = Captioner.load(run / "model")
     evalset = load_evaluation_set(captioner, config.data.captions, config.data.images, "test",
                                   config.encoder.feature_cache, config.data.skip_missing, progress)
@@ -126,35 +111,31 @@ def score_pooled(pooled: dict[str, Any], references: dict[str, list[str]], annot
                  with_meteor: bool) -> dict[str, bootstrap.Statistic]:
     """Every measure of `artcap evaluate` (but copied-from-training: each run trained on other paintings) as a
     bootstrap statistic over the pooled paintings, plus alignment and steerability when the data has emotions."""
+    from .compare import model_emotion_statistics
     from .evaluate import score_system
-    from .evaluate_emotion import emotion_statistics
 
     scores = score_system(pooled["ids"], pooled["captions"], references, None, with_meteor)
     statistics = dict(scores["statistics"])
     if judge is not None:
-        emotion = emotion_statistics(judge, annotations, pooled["ids"], {"model": pooled["captions"]},
-                                     pooled["steered"] or None)
-        statistics["alignment"] = emotion["alignment: model"]
-        statistics.update({k: v for k, v in emotion.items() if k.startswith("steerability")})
+        statistics.update(model_emotion_statistics(judge, annotations, pooled["ids"], pooled["captions"],
+                                                   pooled["steered"] or None))
     return statistics
 
 
-def _judge_and_references(recipe: Recipe, out: Path, ids: list[str], progress: bool):
+def _judge_and_references(recipe: Recipe, out: Path, ids: list[str]):
     """One text emotion judge for every recipe (the first recipe's first run's: the same judge for all, so
     alignment and steerability differ only by the captions), the data's rows, and the references of `ids`."""
     from .captioner import Captioner
-    from .data import references
-    from .evaluate import load_evaluation_set
+    from .checkpoint import read_splits
+    from .data import read_annotations, references
     from .evaluate_emotion import text_judge
 
-    config = recipe.config
-    captioner = Captioner.load(out / recipe.folder / "fold-1" / "model")
-    evalset = load_evaluation_set(captioner, config.data.captions, config.data.images, "test",
-                                  config.encoder.feature_cache, config.data.skip_missing, progress)
-    annotations = evalset.annotations
+    config, run = recipe.config, out / recipe.folder / "fold-1"
+    annotations = read_annotations(config.data.captions, config.data.images, skip_missing=config.data.skip_missing)
+    captioner = Captioner.load(run / "model")
     judge = None
     if all(a.emotion is not None for a in annotations):
-        judge = text_judge(captioner, annotations, evalset.splits, None)
+        judge = text_judge(captioner, annotations, read_splits(run / "splits.json"), None)
     return judge, annotations, references(annotations, captioner.config.preset, ids)
 
 
@@ -164,7 +145,8 @@ def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_m
     """Train every recipe on every fold, caption each held-out share, score the pooled captions and compare every
     recipe with the first (the incumbent) and each seed with the recipe's first seed. Writes DIR/report.md and
     DIR/results.json (`command`: the Reproduce line's arguments); returns the results."""
-    from .compare import finite_or_none, paired_measures
+    from .compare import finite_or_none, method, paired_measures
+    from .experiment import train_or_resume
     from .metrics import java_available
 
     if len(recipes) < 2:
@@ -180,20 +162,19 @@ def recipe_experiment(recipes: list[Recipe], folds: int, out: str | Path, with_m
         shares = []
         for k, splits in enumerate(out_of_fold_splits(recipe.config, folds), start=1):
             run = out / recipe.folder / f"fold-{k}"
-            actions[f"{recipe.folder}/fold-{k}"] = train_fold(recipe.config, run, splits, progress)
+            actions[f"{recipe.folder}/fold-{k}"] = train_or_resume(recipe.config, run, progress, splits)
             shares.append(caption_share(run, recipe.config, progress))
         pooled[recipe.name] = pool(shares)
     ids = pooled[recipes[0].name]["ids"]
     if any(sorted(p["ids"]) != sorted(ids) for p in pooled.values()):
         raise ArtcapError("the recipes' folds hold different paintings (their data or data.split_seed differ), so "
                           "no paired comparison; give recipes on the same data and split seed")
-    judge, annotations, refs = _judge_and_references(recipes[0], out, ids, progress)
+    judge, annotations, refs = _judge_and_references(recipes[0], out, ids)
     statistics = {name: score_pooled(p, refs, annotations, judge, with_meteor) for name, p in pooled.items()}
     weights = bootstrap.resample_weights(len(ids), resamples)
     results = {
         "experiment": "recipes", "folds": folds, "paintings": len(ids), "meteor": with_meteor,
-        "method": f"paired percentile bootstrap, {resamples} resamples of the paintings (seed "
-                  f"{bootstrap.DEFAULT_SEED}); p: two-sided, shift method",
+        "method": method(resamples),
         "recipes": {r.name: r.folder for r in recipes}, "command": command or [],
         "scores": {name: {m: {"value": finite_or_none(s.value()), "interval": bootstrap.interval(s, weights)}
                           for m, s in stats.items()} for name, stats in statistics.items()},
@@ -222,7 +203,7 @@ def seed_pairs(recipes: list[Recipe]) -> list[tuple[Recipe, Recipe]]:
 def gate_failures(comparison: dict) -> list[str]:
     """Why a challenger may not replace the incumbent whatever its CIDEr-D: a kept measure (GUARDED) it lacks (an
     ungrounded recipe cannot be steered) or on which the paired interval shows it worse."""
-    name, failures = comparison["b"], []
+    failures = []
     for measure in GUARDED:
         result = comparison["measures"].get(measure)
         if result is None or result["difference"] is None:
